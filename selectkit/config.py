@@ -1,0 +1,267 @@
+"""Typed configs for every stage, loaded from params.yaml and validated before any work.
+
+Each stage reads one section of params.yaml. The section is merged into
+``OmegaConf.structured(<dataclass>)``, which rejects unknown keys and wrong types; each
+dataclass's ``__post_init__`` then checks ranges. Every failure becomes a ``ConfigError``
+naming the key, the value and what is allowed.
+
+The dataclasses are not frozen: OmegaConf marks frozen dataclasses read-only at every
+level, which makes merging user values into them impossible. They are still treated as
+values (nothing in selectkit mutates a config after loading).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Type, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A params.yaml value is missing, unknown, of the wrong type or out of range."""
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+
+
+def _choice(key: str, value: Any, choices: List[str]) -> None:
+    _check(value in choices, key, value, f"one of {choices}")
+
+
+SOURCES = ["idx", "torchvision", "imagefolder", "npz", "digits"]
+
+
+@dataclass
+class DataConfig:
+    """Where the `prepare` stage reads examples from (params.yaml section `data`)."""
+
+    # idx: Fashion-MNIST/MNIST IDX files; torchvision: a torchvision dataset class by name;
+    # imagefolder: torchvision's ImageFolder layout; npz: numpy arrays; digits: sklearn.
+    source: str = "idx"
+    # Directory (idx, imagefolder, torchvision root) or file (npz). Unused for digits.
+    path: Optional[str] = None
+    # torchvision dataset class name, e.g. FashionMNIST or CIFAR10 (source=torchvision).
+    name: str = "FashionMNIST"
+    # Let torchvision download the dataset when it is missing (needs a network).
+    download: bool = False
+    # Resize every image to image_size x image_size (imagefolder); None keeps sizes as they are.
+    image_size: Optional[int] = None
+    # Fraction held out as the test split when the source has none (digits, flat folders, npz).
+    test_fraction: float = 0.2
+    # Seed of that hold-out split.
+    split_seed: int = 0
+    # Class names; None takes them from the source, or "0".."K-1".
+    class_names: Optional[List[str]] = None
+
+    def __post_init__(self) -> None:
+        _choice("data.source", self.source, SOURCES)
+        _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "0 < x < 1")
+        if self.image_size is not None:
+            _check(self.image_size >= 4, "data.image_size", self.image_size, ">= 4 pixels, or null")
+        if self.source in ("idx", "imagefolder", "npz"):
+            _check(bool(self.path), "data.path", self.path, f"a path to the {self.source} data")
+
+
+@dataclass
+class ModelConfig:
+    """A model from the registry in selectkit.models, with its constructor arguments."""
+
+    name: str = "cnn"
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule. The schedule is a function of training progress."""
+
+    name: str = "sgd"  # sgd | adam
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup: float = 0.05  # fraction of training spent ramping up linearly from 0
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # step schedule
+    gamma: float = 0.1  # step schedule: lr factor at each milestone
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ["sgd", "adam"])
+        _choice("optim.schedule", self.schedule, ["cosine", "step", "constant"])
+        _check(self.lr > 0, "optim.lr", self.lr, "> 0")
+        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "0 <= x < 1")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        _check(0 <= self.warmup < 1, "optim.warmup", self.warmup, "0 <= x < 1")
+        _check(0 < self.gamma <= 1, "optim.gamma", self.gamma, "0 < x <= 1")
+        _check(all(0 < m < 1 for m in self.milestones), "optim.milestones", self.milestones,
+               "fractions of training strictly between 0 and 1")
+
+
+@dataclass
+class InputConfig:
+    """The training input graph: sampler -> load/augment -> prefetch -> (policy) -> Loader."""
+
+    batch_size: int = 128
+    # none | flip | crop_flip (random crop with 2-pixel padding plus horizontal flip)
+    augment: str = "none"
+    # Batches loaded ahead in a background thread; 0 loads in the training thread.
+    prefetch: int = 2
+    # A .npy file of train example ids to restrict the sampler to (e.g. an SVP subset).
+    subset: Optional[str] = None
+    # Drop the last incomplete batch of each epoch.
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "input.batch_size", self.batch_size, ">= 1")
+        _choice("input.augment", self.augment, ["none", "flip", "crop_flip"])
+        _check(self.prefetch >= 0, "input.prefetch", self.prefetch, ">= 0")
+
+
+@dataclass
+class TrainConfig:
+    """One training run (params.yaml section `train`)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    # The selection policy shaping the batch stream; see selectkit.graph.POLICIES.
+    policy: str = "traditional"
+    # Label under which reports group this run (defaults to the policy name).
+    label: Optional[str] = None
+    epochs: int = 10  # passes over the (sub)set of candidate examples
+    # Wall-clock budget of training in seconds (evaluation excluded); null = epochs only.
+    # With a budget, the learning-rate schedule runs over time instead of epochs.
+    budget_s: Optional[float] = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # bf16/fp16 autocast on CUDA
+    channels_last: bool = True
+    threads: Optional[int] = None  # torch intra-op threads; null keeps torch's default
+    # Evaluate test error every N optimizer steps (0: at each epoch end only), and at the end.
+    eval_every: int = 200
+    eval_batch_size: int = 1000
+    log_every: int = 50  # steps between training-loss points
+    checkpoint_every: int = 500  # steps between checkpoints (also at each epoch end)
+
+    def __post_init__(self) -> None:
+        from selectkit.graph import POLICIES  # local import: graph imports config
+
+        _choice("train.policy", self.policy, sorted(POLICIES))
+        _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
+        if self.budget_s is not None:
+            _check(self.budget_s > 0, "train.budget_s", self.budget_s, "> 0 seconds, or null")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               "train.device", self.device, "auto, cpu, cuda or cuda:N")
+        if self.threads is not None:
+            _check(self.threads >= 1, "train.threads", self.threads, ">= 1, or null")
+        for key in ("eval_every", "log_every", "checkpoint_every"):
+            _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), ">= 0")
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
+        if self.label is None:
+            self.label = self.policy
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking (params.yaml section `tracking`)."""
+
+    # Tracking URI; null uses $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db next to params.yaml.
+    uri: Optional[str] = None
+    experiment: str = "selectkit"
+    pipeline: str = "default"  # tag naming the pipeline a run belongs to
+
+
+@dataclass
+class ReportConfig:
+    """The report stage (params.yaml section `report`)."""
+
+    baseline: str = "traditional"  # label whose final error sets the target errors
+    targets: List[float] = field(default_factory=lambda: [1.1, 1.2, 1.4])
+
+    def __post_init__(self) -> None:
+        _check(all(t >= 1 for t in self.targets), "report.targets", self.targets,
+               "multiples of the baseline's final error, each >= 1")
+
+
+def from_dict(cls: Type[C], values: Optional[Dict[str, Any]], section: str = "") -> C:
+    """Validate a plain mapping against a config dataclass.
+
+    Args:
+        cls: the dataclass type.
+        values: user values (e.g. one params.yaml section); None means all defaults.
+        section: the section's name, used in messages.
+
+    Returns:
+        An instance of ``cls``.
+
+    Raises:
+        ConfigError: naming the offending key, its value and what is allowed.
+    """
+    prefix = f"{section}." if section else ""
+    schema = OmegaConf.structured(cls)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(values or {}))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        key = prefix + (getattr(e, "full_key", "") or "")
+        first = str(e).splitlines()[0]
+        if "not in" in first:
+            allowed = [f.name for f in dataclasses.fields(cls)]
+            raise ConfigError(f"unknown key {key!r} in params: {first}. Allowed keys of "
+                              f"{section or cls.__name__}: {allowed}. Fix the spelling or remove it.") from None
+        raise ConfigError(f"params key {key!r}: {first}") from None
+    except ValueError as e:  # raised by __post_init__ of a nested dataclass
+        raise ConfigError(str(e)) from None
+
+
+def load_params(path: str | Path) -> Dict[str, Any]:
+    """Read a params.yaml into a plain dict, with a clear error if it is missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"params file {p} not found: run from the pipeline's folder "
+                                f"or pass --params PATH")
+    try:
+        cfg = OmegaConf.load(p)
+    except Exception as e:  # yaml errors come in several types
+        raise ConfigError(f"{p} is not valid YAML: {e}") from None
+    out = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(out, dict):
+        raise ConfigError(f"{p} must hold a mapping of sections, got {type(out).__name__}")
+    return out
+
+
+def load_section(path: str | Path, section: str, cls: Type[C], **overrides: Any) -> C:
+    """Load and validate one section of a params file, with command-line overrides on top."""
+    params = load_params(path)
+    values = params.get(section)
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"params section {section!r} must be a mapping, got {values!r}")
+    values = dict(values or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(cls, values, section)
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    """A config dataclass as a plain nested dict (for checkpoints and tracking)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Flatten nested dicts into dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,108 @@
+"""Builds the training input graph from config.
+
+    IdBatchSampler(candidate ids)        (sampling and batching fused: the stream unit is a batch)
+      -> Mapper(LoadBatch)               read rows from the memory-mapped store, augment, normalise
+      -> Prefetcher                      a background thread loads ahead of the trainer
+      -> PinMemory                       CUDA only
+      -> policy nodes                    e.g. Selective-Backprop; in the training thread, since
+                                         they run the live model
+      -> Loader                          checkpointable: Loader.state_dict() resumes mid-epoch
+
+The trainer iterates the Loader and never learns which policy shaped the stream. A policy
+is a function ``(node, ctx) -> node`` registered in ``POLICIES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torchdata.nodes import BaseNode, Loader, Mapper, PinMemory, Prefetcher
+
+from selectkit.nodes.load import LoadBatch
+from selectkit.nodes.sampler import IdBatchSampler
+from selectkit.store import Store
+
+
+# Called by the trainer after every training forward with (ids, per-example losses, step).
+LossListener = Callable[[torch.Tensor, torch.Tensor, int], None]
+
+
+@dataclass
+class GraphContext:
+    """What policy nodes may use, and how they talk back to the trainer.
+
+    Attributes:
+        store: the example store.
+        cfg: the run's TrainConfig.
+        device: where the trainer's model lives.
+        model: the live model (policies run inference with it; the trainer owns mode and device).
+        listeners: policies append callables here to receive the trainer's per-example losses.
+        counters: policies add their own counters (namespaced, e.g. ``sb/selection_forwarded``);
+            the trainer logs them with its own.
+    """
+
+    store: Store
+    cfg: Any
+    device: torch.device
+    model: Optional[torch.nn.Module] = None
+    listeners: List[LossListener] = field(default_factory=list)
+    counters: Dict[str, float] = field(default_factory=dict)
+
+
+Policy = Callable[[BaseNode, GraphContext], BaseNode]
+
+
+def _traditional(node: BaseNode, ctx: GraphContext) -> BaseNode:
+    """Every candidate is trained on: the stream passes through unchanged."""
+    return node
+
+
+POLICIES: Dict[str, Policy] = {"traditional": _traditional}
+
+
+def candidate_ids(store: Store, subset: Optional[str]) -> np.ndarray:
+    """All train ids, or the ids of a subset file (a .npy of unique train ids).
+
+    Raises:
+        FileNotFoundError: the subset file is missing.
+        ValueError: ids out of range, duplicated, empty or not integers.
+    """
+    n = len(store.train)
+    if subset is None:
+        return np.arange(n, dtype=np.int64)
+    p = Path(subset)
+    if not p.is_file():
+        raise FileNotFoundError(f"input.subset={subset!r} not found: run the stage that writes it")
+    ids = np.load(p, allow_pickle=False)
+    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"subset {p} must be a non-empty 1-D integer array of example ids, got "
+                         f"{ids.dtype} {ids.shape}")
+    bad = ids[(ids < 0) | (ids >= n)]
+    if bad.size:
+        raise ValueError(f"subset {p} holds ids {bad[:10].tolist()} outside the store's train split "
+                         f"[0, {n}): it was made from another store; rerun the stage that wrote it")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"subset {p} repeats ids {uniq[counts > 1][:10].tolist()}: a subset lists each "
+                         f"example once; rerun the stage that wrote it")
+    return ids.astype(np.int64)
+
+
+def build_input_graph(ctx: GraphContext, ids: Optional[np.ndarray] = None) -> Loader:
+    """The training input graph for ``ctx.cfg`` (a TrainConfig) as a checkpointable Loader."""
+    store, cfg, device = ctx.store, ctx.cfg, ctx.device
+    if ids is None:
+        ids = candidate_ids(store, cfg.input.subset)
+    node: BaseNode = IdBatchSampler(ids, cfg.input.batch_size, seed=cfg.seed, drop_last=cfg.input.drop_last)
+    node = Mapper(node, LoadBatch(store.train, store.meta["mean"], store.meta["std"],
+                                  cfg.input.augment, seed=cfg.seed))
+    if cfg.input.prefetch > 0:
+        node = Prefetcher(node, prefetch_factor=cfg.input.prefetch)
+    if device.type == "cuda":
+        node = PinMemory(node)
+    node = POLICIES[cfg.policy](node, ctx)
+    return Loader(node)

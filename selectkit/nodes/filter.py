@@ -1,0 +1,137 @@
+"""What torchdata 0.11 lacks for selection: dropping rows of batches, and re-batching them.
+
+Selection policies (the AutoAssist gate, Selective-Backprop) drop examples from batches and
+must still hand the trainer full batches. ``FilterRows`` drops rows by a predicate and
+``Rebatch`` regroups the surviving rows; both checkpoint their position and any buffered
+rows, so a resumed graph emits exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torchdata.nodes import BaseNode
+
+Batch = Dict[str, Any]
+# Keys of a batch that describe its position rather than its rows.
+POSITION_KEYS = ("epoch", "index", "num_batches")
+
+
+def num_rows(batch: Batch) -> int:
+    return len(batch["ids"])
+
+
+def take_rows(batch: Batch, rows) -> Batch:
+    """The rows ``rows`` (indices or a boolean mask) of every per-row field of a batch."""
+    out = {}
+    for k, v in batch.items():
+        if k in POSITION_KEYS:
+            out[k] = v
+        elif isinstance(v, torch.Tensor):
+            out[k] = v[torch.as_tensor(rows, device=v.device)]
+        else:
+            out[k] = np.asarray(v)[np.asarray(rows)]
+    return out
+
+
+def concat_rows(batches: List[Batch]) -> Batch:
+    """Concatenate per-row fields; position fields come from the last batch."""
+    if len(batches) == 1:
+        return batches[0]
+    out = {}
+    for k, v in batches[-1].items():
+        if k in POSITION_KEYS:
+            out[k] = v
+        elif isinstance(v, torch.Tensor):
+            out[k] = torch.cat([b[k] for b in batches])
+        else:
+            out[k] = np.concatenate([b[k] for b in batches])
+    return out
+
+
+class FilterRows(BaseNode[Batch]):
+    """Keeps the rows of each batch for which ``keep(batch)`` (a boolean mask) is True.
+
+    Batches left empty are skipped. ``keep`` must be deterministic given the batch, or carry
+    its own checkpointed state; this node's own state is only its source's.
+    """
+
+    SOURCE_KEY = "source"
+
+    def __init__(self, source: BaseNode[Batch], keep: Callable[[Batch], np.ndarray]):
+        super().__init__()
+        self.source = source
+        self.keep = keep
+
+    def reset(self, initial_state: Optional[Dict[str, Any]] = None):
+        super().reset(initial_state)
+        self.source.reset(initial_state[self.SOURCE_KEY] if initial_state is not None else None)
+
+    def next(self) -> Batch:
+        while True:
+            batch = next(self.source)
+            mask = np.asarray(self.keep(batch), dtype=bool)
+            if mask.shape != (num_rows(batch),):
+                raise ValueError(f"keep() returned a mask of shape {mask.shape} for a batch of "
+                                 f"{num_rows(batch)} rows")
+            if mask.all():
+                return batch
+            if mask.any():
+                return take_rows(batch, np.flatnonzero(mask))
+
+    def get_state(self) -> Dict[str, Any]:
+        return {self.SOURCE_KEY: self.source.state_dict()}
+
+
+class Rebatch(BaseNode[Batch]):
+    """Regroups batches of any sizes into batches of exactly ``batch_size`` rows.
+
+    Rows left over at the end of an epoch come out as one smaller batch (or are dropped with
+    ``drop_last``). The buffered rows are part of the state.
+    """
+
+    SOURCE_KEY = "source"
+    BUFFER_KEY = "buffer"
+
+    def __init__(self, source: BaseNode[Batch], batch_size: int, drop_last: bool = False):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"{batch_size=} should be >= 1")
+        self.source = source
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self._buffer: List[Batch] = []
+
+    def reset(self, initial_state: Optional[Dict[str, Any]] = None):
+        super().reset(initial_state)
+        if initial_state is not None:
+            self.source.reset(initial_state[self.SOURCE_KEY])
+            self._buffer = list(initial_state[self.BUFFER_KEY])
+        else:
+            self.source.reset(None)
+            self._buffer = []
+
+    def next(self) -> Batch:
+        have = sum(num_rows(b) for b in self._buffer)
+        while have < self.batch_size:
+            try:
+                batch = next(self.source)
+            except StopIteration:
+                if have == 0 or self.drop_last:
+                    self._buffer = []
+                    raise
+                out, self._buffer = concat_rows(self._buffer), []
+                return out
+            if num_rows(batch):
+                self._buffer.append(batch)
+                have += num_rows(batch)
+        merged = concat_rows(self._buffer)
+        n = self.batch_size
+        rest = have - n
+        self._buffer = [take_rows(merged, np.arange(n, have))] if rest else []
+        return merged if rest == 0 else take_rows(merged, np.arange(n))
+
+    def get_state(self) -> Dict[str, Any]:
+        return {self.SOURCE_KEY: self.source.state_dict(), self.BUFFER_KEY: list(self._buffer)}

@@ -1,0 +1,80 @@
+"""IdBatchSampler: the root of every input graph, emitting batches of example ids."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+from torchdata.nodes import BaseNode
+
+
+class IdBatchSampler(BaseNode[Dict[str, Any]]):
+    """Shuffles a set of example ids once per epoch and emits them in batches.
+
+    The stream unit is a batch, not an example: one Python node hop per example costs
+    microseconds each, which at 60k examples an epoch is a visible share of a 5 s epoch on
+    CPU. Sampling and batching are fused here so every later node works on whole batches.
+
+    Each epoch's order is a pure function of (seed, epoch), so the state is two integers.
+    Every item carries its position (``epoch``, ``index``, ``num_batches``) so nodes further
+    down, and the trainer's learning-rate schedule, see training progress without asking
+    a node that may be running ahead in a prefetch thread.
+
+    Args:
+        ids: the candidate example ids (e.g. all of the train split, or an SVP subset).
+        batch_size: ids per emitted batch.
+        seed: seeds the per-epoch permutations.
+        shuffle: permute each epoch (False keeps ``ids`` order).
+        drop_last: drop the last incomplete batch.
+    """
+
+    EPOCH_KEY = "epoch"
+    INDEX_KEY = "index"
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = False):
+        super().__init__()
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 1 or len(ids) == 0:
+            raise ValueError(f"ids must be a non-empty 1-D array, got shape {ids.shape}")
+        if batch_size < 1:
+            raise ValueError(f"{batch_size=} should be >= 1")
+        if drop_last and len(ids) < batch_size:
+            raise ValueError(f"{drop_last=} with {len(ids)=} < {batch_size=} would yield no batch")
+        self.ids = ids
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        n = len(ids)
+        self.num_batches = n // batch_size if drop_last else -(-n // batch_size)
+        self._epoch = -1
+        self._index = 0
+        self._order: Optional[np.ndarray] = None
+
+    def reset(self, initial_state: Optional[Dict[str, Any]] = None):
+        super().reset(initial_state)
+        if initial_state is not None:
+            self._epoch = int(initial_state[self.EPOCH_KEY])
+            self._index = int(initial_state[self.INDEX_KEY])
+        else:
+            self._epoch += 1
+            self._index = 0
+        self._order = self.order(self._epoch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The ids in the order epoch ``epoch`` visits them."""
+        if not self.shuffle:
+            return self.ids
+        return self.ids[np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))]
+
+    def next(self) -> Dict[str, Any]:
+        if self._index >= self.num_batches:
+            raise StopIteration()
+        i = self._index
+        batch = self._order[i * self.batch_size:(i + 1) * self.batch_size]  # type: ignore[index]
+        self._index += 1
+        return {"ids": batch, "epoch": self._epoch, "index": i, "num_batches": self.num_batches}
+
+    def get_state(self) -> Dict[str, Any]:
+        return {self.EPOCH_KEY: self._epoch, self.INDEX_KEY: self._index}

@@ -1,0 +1,153 @@
+"""Compare training runs: a markdown table, a JSON file with every figure, and a PNG of test
+error against training wall-clock (BENCHMARK.md's protocol)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any, Dict, List, Optional, Sequence
+
+TIME_PHASES = ("data", "forward", "backward", "optimizer", "other")
+
+
+def load_run(run_dir: str | Path) -> Dict[str, Any]:
+    """A training stage's outputs: metrics.json plus the curve.csv of evaluation points."""
+    d = Path(run_dir)
+    mpath, cpath = d / "metrics.json", d / "curve.csv"
+    for p in (mpath, cpath):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: {d} is not a finished training run (rerun its train stage)")
+    run = json.loads(mpath.read_text())
+    with cpath.open() as f:
+        run["curve"] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    run["name"] = d.name
+    return run
+
+
+def time_to_error(curve: Sequence[Dict[str, float]], target: float) -> Optional[float]:
+    """First training wall-clock (s) at which test error <= target; None if never reached."""
+    for row in curve:
+        if row["test_error"] <= target:
+            return row["wall_s"]
+    return None
+
+
+def _ms(values: List[float]) -> Dict[str, float]:
+    return {"mean": mean(values), "std": stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float]) -> Dict[str, Any]:
+    """Group runs by label; compute final error, wall-clock, counts, time split and time-to-target.
+
+    Target errors are multiples of the baseline label's mean final error; a method's speedup at
+    a target is the baseline's mean time to it over the method's (None where not reached).
+    """
+    labels: Dict[str, List[Dict[str, Any]]] = {}
+    for r in runs:
+        labels.setdefault(r["label"], []).append(r)
+    if baseline not in labels:
+        raise ValueError(f"report.baseline={baseline!r} matches no run; labels present: {sorted(labels)}")
+    base_err = mean(r["final_test_error"] for r in labels[baseline])
+    out: Dict[str, Any] = {"baseline": baseline, "baseline_final_error": base_err, "targets": {}, "methods": {}}
+    for t in targets:
+        out["targets"][f"{t:g}x"] = t * base_err
+    for label, rs in labels.items():
+        m: Dict[str, Any] = {
+            "runs": [r["name"] for r in rs], "seeds": [r.get("seed") for r in rs],
+            "final_test_error": _ms([r["final_test_error"] for r in rs]),
+            "train_s": _ms([r["train_s"] for r in rs]),
+            "examples_forwarded": _ms([r["examples_forwarded"] for r in rs]),
+            "examples_backpropagated": _ms([r["examples_backpropagated"] for r in rs]),
+            "seconds": {p: mean(r["seconds"].get(p, 0.0) for r in rs) for p in TIME_PHASES},
+            "time_to_target": {},
+        }
+        for key, err in out["targets"].items():
+            times = [time_to_error(r["curve"], err) for r in rs]
+            reached = [x for x in times if x is not None]
+            m["time_to_target"][key] = {"mean_s": mean(reached) if len(reached) == len(times) else None,
+                                        "reached": len(reached), "of": len(times)}
+        out["methods"][label] = m
+    for label, m in out["methods"].items():
+        for key, tt in m["time_to_target"].items():
+            b = out["methods"][baseline]["time_to_target"][key]["mean_s"]
+            tt["speedup"] = (b / tt["mean_s"]) if (b and tt["mean_s"]) else None
+    return out
+
+
+def _pct(d: Dict[str, float]) -> str:
+    return f"{100 * d['mean']:.2f} ± {100 * d['std']:.2f} %"
+
+
+def markdown(summary: Dict[str, Any]) -> str:
+    """The comparison table, one row per method."""
+    keys = list(summary["targets"])
+    head = ["method", "seeds", "final test error", "train wall-clock (s)", "forwarded", "backpropagated"]
+    head += [f"time to {k} (speedup)" for k in keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, m in summary["methods"].items():
+        cells = [label, str(m["final_test_error"]["n"]), _pct(m["final_test_error"]),
+                 f"{m['train_s']['mean']:.1f} ± {m['train_s']['std']:.1f}",
+                 f"{m['examples_forwarded']['mean'] / 1e6:.3f} M", f"{m['examples_backpropagated']['mean'] / 1e6:.3f} M"]
+        for k in keys:
+            tt = m["time_to_target"][k]
+            cells.append("not reached" if tt["mean_s"] is None else
+                         f"{tt['mean_s']:.1f} s ({tt['speedup']:.2f}x)" if tt["speedup"] else f"{tt['mean_s']:.1f} s")
+        lines.append("| " + " | ".join(cells) + " |")
+    targets = ", ".join(f"{k} = {100 * v:.2f} %" for k, v in summary["targets"].items())
+    lines.append("")
+    lines.append(f"Targets are multiples of {summary['baseline']}'s mean final error "
+                 f"({100 * summary['baseline_final_error']:.2f} %): {targets}. Wall-clock excludes evaluation.")
+    split = []
+    for label, m in summary["methods"].items():
+        tot = sum(m["seconds"].values()) or 1.0
+        split.append(f"| {label} | " + " | ".join(f"{100 * m['seconds'][p] / tot:.0f} %" for p in TIME_PHASES) + " |")
+    lines += ["", "| method | " + " | ".join(TIME_PHASES) + " |", "|" + "---|" * (len(TIME_PHASES) + 1), *split]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: List[Dict[str, Any]], path: str | Path, summary: Optional[Dict[str, Any]] = None) -> None:
+    """PNG of test error against training wall-clock, one line per run, one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours: Dict[str, Any] = {}
+    for r in runs:
+        c = colours.setdefault(r["label"], f"C{len(colours)}")
+        xs = [row["wall_s"] for row in r["curve"]]
+        ys = [100 * row["test_error"] for row in r["curve"]]
+        ax.plot(xs, ys, color=c, alpha=0.8, label=r["label"] if r["label"] not in ax.get_legend_handles_labels()[1] else None)
+    if summary:
+        for i, (k, v) in enumerate(summary["targets"].items()):
+            ax.axhline(100 * v, color="grey", lw=0.8, ls=":")
+            ax.text(0, 100 * v, f" {k}", va="bottom", fontsize=8, color="grey")
+    ys_all = [100 * row["test_error"] for r in runs for row in r["curve"]]
+    if ys_all:
+        lo = min(ys_all)
+        ax.set_ylim(max(0.0, lo * 0.9), min(100.0, max(lo * 2.5, lo + 5)))
+    ax.set_xlabel("training wall-clock (s, evaluation excluded)")
+    ax.set_ylabel("test error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def clean_json(obj: Any) -> Any:
+    """JSON-safe copy (NaN/inf become null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [clean_json(v) for v in obj]
+    return obj

@@ -1,0 +1,196 @@
+"""The example store: arrays on disk addressed by a stable integer example id.
+
+Layout of a store directory::
+
+    meta.json         fingerprint, shapes, dtypes, class names, per-channel mean/std, source
+    train_x.npy       uint8 [N, C, H, W]   (example id = row number)
+    train_y.npy       int64 [N]
+    test_x.npy        uint8 [M, C, H, W]
+    test_y.npy        int64 [M]
+
+Arrays are opened memory-mapped, so a store of any size costs only the pages touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from selectkit.store.sources import Source, read_source
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+FORMAT_VERSION = 1
+_CHUNK = 1 << 16  # rows hashed / reduced at a time, so fingerprinting never loads a whole array
+
+
+def _hash_array(h: "hashlib._Hash", a: np.ndarray) -> None:
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    for i in range(0, len(a), _CHUNK):
+        h.update(np.ascontiguousarray(a[i:i + _CHUNK]).tobytes())
+
+
+def fingerprint_arrays(arrays: Dict[str, np.ndarray], class_names: List[str]) -> str:
+    """sha256 over every array's dtype, shape and bytes, plus the class names (first 16 hex)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        h.update(name.encode())
+        _hash_array(h, arrays[name])
+    h.update(json.dumps(class_names).encode())
+    return h.hexdigest()[:16]
+
+
+def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    c = x.shape[1]
+    s, s2, n = np.zeros(c), np.zeros(c), 0
+    for i in range(0, len(x), _CHUNK):
+        b = np.asarray(x[i:i + _CHUNK], dtype=np.float64) / 255.0
+        s += b.sum(axis=(0, 2, 3))
+        s2 += (b * b).sum(axis=(0, 2, 3))
+        n += b.shape[0] * b.shape[2] * b.shape[3]
+    mean = s / n
+    std = np.sqrt(np.maximum(s2 / n - mean * mean, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+def _validate(src: Source) -> None:
+    k = len(src.class_names)
+    for split, x, y in (("train", src.train_x, src.train_y), ("test", src.test_x, src.test_y)):
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise ValueError(f"{split} images must be uint8 [N, C, H, W], got {x.dtype} {x.shape}")
+        if len(x) != len(y) or y.ndim != 1:
+            raise ValueError(f"{split}: {len(x)} images but labels of shape {y.shape}")
+        if len(y) == 0:
+            raise ValueError(f"{split} split is empty")
+        bad = np.flatnonzero((y < 0) | (y >= k))
+        if bad.size:
+            raise ValueError(f"{split} labels out of range [0, {k}) at example ids {bad[:10].tolist()} "
+                             f"(values {y[bad[:10]].tolist()}): fix the labels, or set data.class_names "
+                             f"to list all {int(y.max()) + 1} classes")
+    if src.train_x.shape[1:] != src.test_x.shape[1:]:
+        raise ValueError(f"train images are {src.train_x.shape[1:]} but test images {src.test_x.shape[1:]}")
+
+
+def write_store(src: Source, out: str | Path) -> Dict[str, Any]:
+    """Write a source as a store, atomically: a crash leaves any previous store untouched.
+
+    Returns:
+        The store's metadata (also written to ``meta.json``).
+    """
+    _validate(src)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    arrays = {"train_x": src.train_x, "train_y": src.train_y, "test_x": src.test_x, "test_y": src.test_y}
+    for name, a in arrays.items():
+        np.save(tmp / f"{name}.npy", np.ascontiguousarray(a))
+    mean, std = _channel_stats(src.train_x)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint_arrays(arrays, list(src.class_names)),
+        "source": src.description,
+        "class_names": list(src.class_names),
+        "num_classes": len(src.class_names),
+        "image_shape": list(src.train_x.shape[1:]),
+        "mean": mean,
+        "std": std,
+        "splits": {s: {"size": int(len(arrays[f"{s}_y"])),
+                       "x": {"shape": list(arrays[f"{s}_x"].shape), "dtype": str(arrays[f"{s}_x"].dtype)},
+                       "y": {"shape": list(arrays[f"{s}_y"].shape), "dtype": str(arrays[f"{s}_y"].dtype)},
+                       "class_counts": np.bincount(arrays[f"{s}_y"], minlength=len(src.class_names)).tolist()}
+                   for s in SPLITS},
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("wrote store %s (fingerprint %s)", out, meta["fingerprint"])
+    return meta
+
+
+@dataclass
+class Split:
+    """One split of a store: memory-mapped images and labels."""
+
+    x: np.ndarray  # uint8 [N, C, H, W], memory-mapped
+    y: np.ndarray  # int64 [N], memory-mapped
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+class Store:
+    """A prepared example store, opened memory-mapped.
+
+    Raises:
+        FileNotFoundError: the directory or one of its files is missing (names the stage to run).
+        ValueError: the files disagree with ``meta.json``.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no example store at {self.root} (missing meta.json): run the "
+                                    f"prepare stage first (`dvc repro prepare`)")
+        self.meta: Dict[str, Any] = json.loads(meta_path.read_text())
+        self.splits: Dict[str, Split] = {}
+        for s in SPLITS:
+            arrays = []
+            for part in ("x", "y"):
+                p = self.root / f"{s}_{part}.npy"
+                if not p.is_file():
+                    raise FileNotFoundError(f"store {self.root} lacks {p.name}: rerun the prepare stage")
+                a = np.load(p, mmap_mode="r")
+                want = self.meta["splits"][s][part]
+                if list(a.shape) != want["shape"] or str(a.dtype) != want["dtype"]:
+                    raise ValueError(f"{p} is {a.dtype} {list(a.shape)} but meta.json says "
+                                     f"{want['dtype']} {want['shape']}: the store is corrupt; rerun prepare")
+                arrays.append(a)
+            self.splits[s] = Split(*arrays)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.meta["image_shape"])
+
+    @property
+    def train(self) -> Split:
+        return self.splits["train"]
+
+    @property
+    def test(self) -> Split:
+        return self.splits["test"]
+
+    def verify(self) -> None:
+        """Recompute the content fingerprint (reads every byte once) and compare with meta.json."""
+        arrays = {f"{s}_{p}": getattr(self.splits[s], p) for s in SPLITS for p in ("x", "y")}
+        got = fingerprint_arrays(arrays, self.meta["class_names"])
+        if got != self.fingerprint:
+            raise ValueError(f"store {self.root} content fingerprint {got} != {self.fingerprint} in "
+                             f"meta.json: its arrays changed after prepare; rerun prepare")
+
+
+def prepare(cfg, out: str | Path) -> Dict[str, Any]:
+    """Read the configured source and write it as a store (the `prepare` stage's work)."""
+    return write_store(read_source(cfg), out)

@@ -1,0 +1,359 @@
+"""The one training loop. Every method (Traditional, an SVP subset, Selective-Backprop,
+AutoAssist) is a different input graph feeding this same loop.
+
+Read top to bottom: build model, optimizer and input graph; restore a checkpoint if asked;
+then for each batch the graph yields: forward, per-example losses (published to the graph's
+listeners), backward, optimizer step; evaluate and checkpoint on schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from selectkit.checkpoint import check_compatible, read_checkpoint, save_checkpoint
+from selectkit.config import TrainConfig, to_dict
+from selectkit.graph import GraphContext, build_input_graph
+from selectkit.models import build_model, model_signature
+from selectkit.nodes.load import load_eval
+from selectkit.store import Store
+
+log = logging.getLogger(__name__)
+
+PHASES = ("data", "forward", "backward", "optimizer", "evaluation", "checkpoint", "other")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but no CUDA device is available: use auto or cpu")
+    return dev
+
+
+def lr_at(progress: float, cfg) -> float:
+    """Learning rate at ``progress`` in [0, 1] of training (an OptimConfig's schedule)."""
+    p = min(max(progress, 0.0), 1.0)
+    if cfg.warmup > 0 and p < cfg.warmup:
+        return cfg.lr * p / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** sum(p >= m for m in cfg.milestones)
+    q = (p - cfg.warmup) / (1.0 - cfg.warmup)
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * q))
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class PhaseClock:
+    """Accumulates seconds per phase. On CUDA, synchronises at phase ends so kernels are
+    charged to the phase that launched them (a sync point: costs throughput, buys truth)."""
+
+    def __init__(self, device: torch.device):
+        self.sync = device.type == "cuda"
+        self.seconds: Dict[str, float] = {p: 0.0 for p in PHASES}
+        self._t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.seconds[phase] += now - self._t
+        self._t = now
+
+    @property
+    def train_s(self) -> float:
+        """Wall-clock spent training (evaluation and checkpointing excluded)."""
+        return sum(v for k, v in self.seconds.items() if k not in ("evaluation", "checkpoint"))
+
+
+@dataclass
+class TrainResult:
+    metrics: Dict[str, Any]
+    curve: List[Dict[str, float]]
+    model: torch.nn.Module
+    checkpoint: Optional[Path] = None
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    epoch: int = 0
+    counters: Dict[str, float] = field(default_factory=lambda: {"examples_forwarded": 0, "examples_backpropagated": 0})
+    history: List[Dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``cfg.model`` on ``store`` through the input graph ``cfg`` describes.
+
+    Args:
+        store: the example store.
+        cfg: the run's TrainConfig.
+        tracker: an open selectkit.tracking.Tracker, or None to track nothing.
+        checkpoint_path: where to checkpoint; None disables checkpoints.
+        ids: candidate train ids (default: ``cfg.input.subset`` or the whole train split).
+    """
+
+    def __init__(self, store: Store, cfg: TrainConfig, tracker=None, checkpoint_path: Optional[str | Path] = None,
+                 ids: Optional[np.ndarray] = None):
+        self.store, self.cfg, self.tracker = store, cfg, tracker
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = build_model(cfg.model, store.image_shape, store.num_classes).to(
+            self.device, memory_format=self.memory_format)
+        self.optimizer = make_optimizer(self.model, cfg.optim)
+        self.ctx = GraphContext(store, cfg, self.device, model=self.model)
+        self.loader = build_input_graph(self.ctx, ids)
+        self.model_sig = model_signature(cfg.model)
+        self.p = _Progress()
+        self.clock = PhaseClock(self.device)
+        self._stop_reason: Optional[str] = None
+        self._test_cache: Optional[List[Dict[str, torch.Tensor]]] = None
+        if self.device.type == "cuda" and cfg.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.amp_dtype = None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    # ---------------------------------------------------------------- checkpoint and resume
+    def _state(self, complete: bool = False) -> Dict[str, Any]:
+        return {
+            "model_sig": self.model_sig, "store_fingerprint": self.store.fingerprint,
+            "config": to_dict(self.cfg), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "step": self.p.step, "epoch": self.p.epoch, "counters": dict(self.p.counters),
+            "policy_counters": dict(self.ctx.counters), "history": list(self.p.history),
+            "seconds": dict(self.clock.seconds), "complete": complete,
+        }
+
+    def save(self, complete: bool = False) -> None:
+        if self.checkpoint_path is None:
+            return
+        save_checkpoint(self.checkpoint_path, self._state(complete))
+        self.clock.lap("checkpoint")
+
+    def resume(self, path: str | Path, strict: bool = True) -> bool:
+        """Restore a checkpoint. With ``strict=False`` (automatic resume), a checkpoint of another
+        config, or a finished one, is ignored (returns False) instead of raising."""
+        ckpt = read_checkpoint(path)
+        if not strict and (ckpt["config"] != to_dict(self.cfg) or ckpt["complete"]
+                           or ckpt["store_fingerprint"] != self.store.fingerprint):
+            log.info("ignoring checkpoint %s: it belongs to another config or store, or is finished", path)
+            return False
+        check_compatible(ckpt, path, self.model_sig, self.store.fingerprint)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.loader.load_state_dict(ckpt["loader"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.p = _Progress(ckpt["step"], ckpt["epoch"], dict(ckpt["counters"]), list(ckpt["history"]))
+        self.ctx.counters.update(ckpt["policy_counters"])
+        self.clock.seconds.update(ckpt["seconds"])
+        log.info("resumed from %s at step %d (epoch %d)", path, self.p.step, self.p.epoch)
+        return True
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step, checkpoint, and raise KeyboardInterrupt (signals call this)."""
+        self._stop_reason = reason
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM finish the current step and checkpoint; a second signal aborts at once."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_reason is not None:
+                raise KeyboardInterrupt(signal.Signals(signum).name)
+            self.request_stop(signal.Signals(signum).name)
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.inference_mode()
+    def evaluate(self) -> Dict[str, float]:
+        """Test error and mean loss over the whole test split."""
+        was_training = self.model.training
+        self.model.eval()
+        if self._test_cache is None:  # normalised once; the test split is read-only
+            t, m, s, bs = self.store.test, self.store.meta["mean"], self.store.meta["std"], self.cfg.eval_batch_size
+            self._test_cache = [load_eval(t, m, s, i, min(i + bs, len(t))) for i in range(0, len(t), bs)]
+        wrong, loss_sum, n = 0, 0.0, 0
+        for b in self._test_cache:
+            x = b["x"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            y = b["y"].to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = self.model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            wrong += (logits.argmax(1) != y).sum().item()
+            n += len(y)
+        self.model.train(was_training)
+        return {"test_error": wrong / n, "test_loss": loss_sum / n}
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def _eval_point(self) -> None:
+        if self.p.history and self.p.history[-1]["step"] == self.p.step:
+            return  # already evaluated at this step (e.g. an epoch end just before a resume)
+        r = self.evaluate()
+        self.clock.lap("evaluation")
+        row = {"step": self.p.step, "epoch": self.p.epoch, "wall_s": round(self.clock.train_s, 4),
+               "examples_seen": self.p.counters["examples_backpropagated"], **r,
+               "examples_forwarded": self.p.counters["examples_forwarded"]}
+        self.p.history.append(row)
+        if self.tracker is not None:
+            t = self.tracker
+            t.log({"test/error": r["test_error"], "test/loss": r["test_loss"],
+                   "time/train_s": self.clock.train_s, **{f"time/{k}_s": v for k, v in self.clock.seconds.items()},
+                   **{f"count/{k}": v for k, v in self.p.counters.items()},
+                   **{f"count/{k}": v for k, v in self.ctx.counters.items()}}, step=self.p.step)
+            t.log({"test/error_by_examples": r["test_error"]}, step=int(row["examples_seen"]))
+            t.log({"test/error_by_train_ms": r["test_error"]}, step=int(self.clock.train_s * 1000))
+            t.flush()
+
+    # ---------------------------------------------------------------- the loop
+    def _progress(self, batch: Dict[str, Any]) -> float:
+        if self.cfg.budget_s is not None:
+            return self.clock.train_s / self.cfg.budget_s
+        return (batch["epoch"] + (batch["index"] + 1) / batch["num_batches"]) / self.cfg.epochs
+
+    def _step(self, batch: Dict[str, Any]) -> None:
+        x = batch["x"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        y = batch["y"].to(self.device, non_blocking=True)
+        with self._autocast():
+            logits = self.model(x)
+        losses = F.cross_entropy(logits.float(), y, reduction="none")
+        loss = losses.mean()
+        self.clock.lap("forward")
+        check_now = self.device.type == "cpu" or self.p.step % max(self.cfg.log_every, 1) == 0
+        if check_now and not torch.isfinite(loss):  # on CUDA only at log steps: this is a sync point
+            bad = batch["ids"][~torch.isfinite(losses.detach().cpu())][:10].tolist()
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.p.step} (epoch {self.p.epoch}) on example ids "
+                f"{bad}: lower train.optim.lr, or check those examples in the store")
+        for listener in self.ctx.listeners:
+            listener(batch["ids"], losses.detach(), self.p.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.clock.lap("backward")
+        lr = lr_at(self._progress(batch), self.cfg.optim)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.clock.lap("optimizer")
+        n = len(y)
+        self.p.step += 1
+        self.p.counters["examples_forwarded"] += n
+        self.p.counters["examples_backpropagated"] += n
+        if self.tracker is not None and self.cfg.log_every and self.p.step % self.cfg.log_every == 0:
+            self.tracker.log({"train/loss": loss.item(), "train/lr": lr}, step=self.p.step)
+
+    def _out_of_budget(self) -> bool:
+        return self.cfg.budget_s is not None and self.clock.train_s >= self.cfg.budget_s
+
+    def fit(self, resume: Optional[str | Path] = None) -> TrainResult:
+        """Train to the end of ``cfg.epochs`` (or ``cfg.budget_s``).
+
+        Args:
+            resume: ``"auto"`` resumes from ``checkpoint_path`` when it holds an unfinished run
+                of the same config; a path resumes from that checkpoint or fails.
+
+        Raises:
+            KeyboardInterrupt: after SIGINT/SIGTERM, once the last step is checkpointed.
+            FloatingPointError: a non-finite loss (names the example ids).
+        """
+        if resume == "auto":
+            if self.checkpoint_path is not None and self.checkpoint_path.is_file():
+                self.resume(self.checkpoint_path, strict=False)
+        elif resume is not None:
+            self.resume(resume, strict=True)
+        cfg = self.cfg
+        self.model.train()
+        self.clock._t = time.perf_counter()
+        bar = tqdm(total=None, desc=f"train {cfg.label}", disable=None, leave=False, initial=self.p.step)
+        with self._signals():
+            while self.p.epoch < cfg.epochs and not self._out_of_budget():
+                it = iter(self.loader)
+                while True:
+                    try:
+                        batch = next(it)
+                    except StopIteration:
+                        break
+                    self.clock.lap("data")
+                    self._step(batch)
+                    bar.update(1)
+                    if cfg.eval_every and self.p.step % cfg.eval_every == 0:
+                        self._eval_point()
+                    if self._stop_reason is not None:
+                        self.save()
+                        raise KeyboardInterrupt(f"{self._stop_reason} at step {self.p.step}; checkpoint "
+                                                f"saved to {self.checkpoint_path}; rerun to resume")
+                    if cfg.checkpoint_every and self.p.step % cfg.checkpoint_every == 0:
+                        self.save()
+                    self.clock.lap("other")
+                    if self._out_of_budget():
+                        break
+                if self._out_of_budget():
+                    break
+                if not cfg.eval_every:
+                    self._eval_point()
+                self.save()  # epoch end: the loader sits at the end of epoch self.p.epoch
+                self.p.epoch += 1
+        bar.close()
+        self._eval_point()
+        self.save(complete=True)
+        return TrainResult(self._summary(), list(self.p.history), self.model, self.checkpoint_path)
+
+    def _summary(self) -> Dict[str, Any]:
+        last = self.p.history[-1]
+        return {
+            "label": self.cfg.label, "policy": self.cfg.policy, "seed": self.cfg.seed,
+            "final_test_error": last["test_error"], "final_test_loss": last["test_loss"],
+            "train_s": round(self.clock.train_s, 3), "steps": self.p.step, "epochs": self.p.epoch,
+            "examples_forwarded": self.p.counters["examples_forwarded"],
+            "examples_backpropagated": self.p.counters["examples_backpropagated"],
+            "policy_counters": dict(self.ctx.counters),
+            "seconds": {k: round(v, 3) for k, v in self.clock.seconds.items()},
+            "store_fingerprint": self.store.fingerprint, "device": str(self.device),
+            "torch_threads": torch.get_num_threads(),
+        }

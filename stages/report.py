@@ -1,0 +1,36 @@
+"""DVC stage `report`: compare every training run as a markdown table, a JSON file and a PNG."""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from selectkit.config import ReportConfig, TrackingConfig, load_section, to_dict
+from selectkit.report import clean_json, load_run, markdown, plot, summarise
+from selectkit.tracking import Tracker, atomic_write_text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--runs", nargs="+", required=True, help="run directories (each with metrics.json, curve.csv)")
+    ap.add_argument("--out", required=True, help="report directory")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_section(args.params, "report", ReportConfig)
+    tracking = load_section(args.params, "tracking", TrackingConfig)
+    out = Path(args.out)
+    with Tracker(tracking, stage="report").run({"report": to_dict(cfg)}) as t:
+        runs = [load_run(r) for r in args.runs]
+        summary = clean_json(summarise(runs, cfg.baseline, cfg.targets))
+        atomic_write_text(out / "summary.md", markdown(summary))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        plot(runs, out / "error_vs_time.png", summary)
+        for name in ("summary.md", "summary.json", "error_vs_time.png"):
+            t.log_artifact(out / name)
+        t.finish({"baseline_final_error": summary["baseline_final_error"]})
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    main()

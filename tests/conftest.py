@@ -1,0 +1,64 @@
+"""Shared fixtures: one MLflow store per test session, small stores, offline DVC."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(tmp_path_factory):
+    """One SQLite MLflow store for the whole session; DVC without analytics."""
+    root = tmp_path_factory.mktemp("mlflow")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["DVC_NO_ANALYTICS"] = "1"
+    os.environ.pop("DVC_ROOT", None)
+    os.environ.pop("DVC_STAGE", None)
+    yield
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory):
+    from selectkit.config import DataConfig
+    from selectkit.store import Store, prepare
+
+    out = tmp_path_factory.mktemp("stores") / "digits"
+    prepare(DataConfig(source="digits"), out)
+    return Store(out)
+
+
+@pytest.fixture
+def make_npz(tmp_path):
+    """Write a synthetic .npz source and return its path."""
+
+    def _make(n=64, k=3, shape=(1, 8, 8), test=True, seed=0, **override):
+        rng = np.random.default_rng(seed)
+        arrays = {"x_train": rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
+                  "y_train": rng.integers(0, k, n)}
+        if test:
+            arrays.update(x_test=rng.integers(0, 256, (n // 4,) + shape, dtype=np.uint8),
+                          y_test=rng.integers(0, k, n // 4))
+        arrays.update(override)
+        p = tmp_path / f"src{seed}.npz"
+        np.savez(p, **arrays)
+        return p
+
+    return _make
+
+
+def tiny_train_cfg(**overrides):
+    """A TrainConfig that trains a small CNN on digits in well under a second."""
+    from selectkit.config import TrainConfig, from_dict
+
+    values = {"model": {"name": "cnn", "args": {"channels": [8, 16]}}, "epochs": 2,
+              "input": {"batch_size": 64, "prefetch": 2}, "eval_every": 10, "log_every": 5,
+              "checkpoint_every": 0, "threads": 1}
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(values.get(k), dict):
+            values[k] = {**values[k], **v}
+        else:
+            values[k] = v
+    return from_dict(TrainConfig, values, "train")

@@ -1,0 +1,70 @@
+import pytest
+
+from selectkit.config import (ConfigError, DataConfig, TrainConfig, from_dict, load_params,
+                              load_section)
+
+
+def test_defaults_are_valid():
+    cfg = from_dict(TrainConfig, {}, "train")
+    assert cfg.label == "traditional" and cfg.optim.lr == 0.1
+
+
+def test_unknown_key_names_the_key_and_allowed_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'.*Allowed keys.*epochs"):
+        from_dict(TrainConfig, {"epoch": 3}, "train")
+
+
+def test_unknown_nested_key():
+    with pytest.raises(ConfigError, match=r"train.optim.lrr"):
+        from_dict(TrainConfig, {"optim": {"lrr": 0.1}}, "train")
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ConfigError, match=r"train.optim.lr.*'fast'"):
+        from_dict(TrainConfig, {"optim": {"lr": "fast"}}, "train")
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"optim": {"lr": -1.0}}, r"optim.lr=-1.0 is not allowed: expected > 0"),
+    ({"optim": {"name": "lbfgs"}}, r"optim.name='lbfgs'.*one of \['sgd', 'adam'\]"),
+    ({"epochs": 0}, r"train.epochs=0.*>= 1"),
+    ({"policy": "magic"}, r"train.policy='magic'.*traditional"),
+    ({"input": {"augment": "mixup"}}, r"input.augment='mixup'"),
+    ({"device": "tpu"}, r"train.device='tpu'"),
+])
+def test_out_of_range(values, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(TrainConfig, values, "train")
+
+
+def test_data_source_needs_path():
+    with pytest.raises(ConfigError, match=r"data.path=None.*idx"):
+        from_dict(DataConfig, {"source": "idx"}, "data")
+    with pytest.raises(ConfigError, match=r"data.source='hub'"):
+        from_dict(DataConfig, {"source": "hub"}, "data")
+
+
+def test_malformed_yaml(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(p)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--params"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_section_not_a_mapping(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match="section 'train' must be a mapping"):
+        load_section(p, "train", TrainConfig)
+
+
+def test_overrides_apply_on_top(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  seed: 1\n")
+    assert load_section(p, "train", TrainConfig, seed=7).seed == 7
+    assert load_section(p, "train", TrainConfig, seed=None).seed == 1
