@@ -105,4 +105,6 @@ def build_input_graph(ctx: GraphContext, ids: Optional[np.ndarray] = None) -> Lo
     if device.type == "cuda":
         node = PinMemory(node)
     node = POLICIES[cfg.policy](node, ctx)
-    return Loader(node)
+    # A state saved at the end of an epoch must resume as "epoch over", not silently roll
+    # into the next epoch: the trainer counts epochs by the iterator running out.
+    return Loader(node, restart_on_stop_iteration=False)

@@ -1,0 +1,164 @@
+"""End to end: the default pipeline's dvc.yaml and stages on tiny params in a temporary git repo."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+TINY_PARAMS = """
+data:
+  source: digits
+seeds: [0]
+train:
+  model: {{name: mlp, args: {{hidden: [32]}}}}
+  optim: {{lr: 0.1}}
+  input: {{batch_size: 64, prefetch: 1}}
+  epochs: 2
+  eval_every: 10
+  threads: 1
+tracking:
+  experiment: {experiment}
+  pipeline: e2e
+report:
+  baseline: traditional
+"""
+
+
+def _env():
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.pop("DVC_ROOT", None)
+    return env
+
+
+def sh(cwd, *cmd, check=True):
+    r = subprocess.run(list(cmd), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture
+def repo(tmp_path):
+    d = tmp_path / "repo"
+    d.mkdir()
+    for name in ("stages", "selectkit"):
+        shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
+    shutil.copy(ROOT / ".gitignore", d / ".gitignore")
+    experiment = f"e2e-{uuid.uuid4().hex[:8]}"
+    (d / "params.yaml").write_text(TINY_PARAMS.format(experiment=experiment))
+    sh(d, "git", "init", "-q")
+    sh(d, "git", "config", "user.email", "ci@example.com")
+    sh(d, "git", "config", "user.name", "ci")
+    sh(d, "dvc", "init", "-q")
+    sh(d, "dvc", "config", "--local", "core.analytics", "false")
+    sh(d, "dvc", "config", "--local", "core.site_cache_dir", str(tmp_path / "dvc-site-cache"))
+    return d, experiment
+
+
+def _runs(experiment):
+    exp = mlflow.MlflowClient().get_experiment_by_name(experiment)
+    runs = mlflow.MlflowClient().search_runs([exp.experiment_id]) if exp else []
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def _by_stage(runs):
+    out = {}
+    for r in runs:
+        out.setdefault(r.data.tags["selectkit.stage"], []).append(r)
+    return out
+
+
+def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
+    d, experiment = repo
+    sh(d, "dvc", "repro")
+    for p in ("data/store/meta.json", "runs/traditional-0/model.pt", "runs/traditional-0/metrics.json",
+              "runs/traditional-0/curve.csv", "report/summary.md", "report/summary.json", "report/error_vs_time.png"):
+        assert (d / p).is_file(), p
+    runs = _by_stage(_runs(experiment))
+    assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 1, "report": 1}
+    assert all(r.info.status == "FINISHED" for v in runs.values() for r in v)
+    train = runs["train"][0]
+    assert train.data.tags["dvc.stage"] == "train@0" and train.data.tags["selectkit.pipeline"] == "e2e"
+    metrics = json.loads((d / "runs/traditional-0/metrics.json").read_text())
+    assert train.data.metrics["final/final_test_error"] == pytest.approx(metrics["final_test_error"])
+    summary = json.loads((d / "report/summary.json").read_text())
+    assert summary["methods"]["traditional"]["final_test_error"]["mean"] == pytest.approx(metrics["final_test_error"])
+    shown = json.loads(sh(d, "dvc", "metrics", "show", "--json").stdout)
+    assert json.dumps(shown).count(str(metrics["final_test_error"])) >= 1
+
+    # a second repro does nothing
+    sh(d, "dvc", "repro")
+    assert "up to date" in sh(d, "dvc", "status").stdout
+    assert len(_runs(experiment)) == 3
+
+    # an experiment changing the learning rate reruns train and report only
+    sh(d, "git", "add", "-A")
+    sh(d, "git", "commit", "-qm", "baseline")
+    out = sh(d, "dvc", "exp", "run", "-S", "train.optim.lr=0.05").stdout
+    assert "Running stage 'train@0'" in out and "Running stage 'report'" in out
+    assert "Running stage 'prepare'" not in out
+    runs = _by_stage(_runs(experiment))
+    assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 2, "report": 2}
+    assert runs["train"][-1].data.params["train.optim.lr"] == "0.05"
+
+
+def test_bad_params_fail_before_work(repo):
+    d, experiment = repo
+    params = (d / "params.yaml").read_text().replace("epochs: 2", "epochs: 2\n  epoch: 3")
+    (d / "params.yaml").write_text(params)
+    r = sh(d, "dvc", "repro", check=False)
+    assert r.returncode != 0
+    assert "unknown key 'train.epoch'" in r.stdout + r.stderr
+    assert not (d / "runs/traditional-0/metrics.json").exists()
+
+
+def test_sigterm_keeps_checkpoint_and_rerun_resumes(repo, digits_store):
+    d, experiment = repo
+    params = (d / "params.yaml").read_text().replace("epochs: 2", "epochs: 400").replace(
+        "eval_every: 10", "eval_every: 0\n  checkpoint_every: 20")
+    (d / "params.yaml").write_text(params)
+    args = [sys.executable, "stages/train.py", "--store", str(digits_store.root), "--out", "runs/t", "--seed", "0"]
+    proc = subprocess.Popen(args, cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt = d / ".selectkit/checkpoints/t.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert ckpt.exists(), proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "SIGTERM at step" in out
+    assert not (d / "runs/t/metrics.json").exists() and not (d / "runs/t/model.pt").exists()
+    from selectkit.checkpoint import read_checkpoint
+
+    state = read_checkpoint(ckpt)
+    assert not state["complete"] and state["step"] > 0
+    killed = [r for r in _runs(experiment) if r.data.tags["selectkit.stage"] == "train"]
+    assert killed[-1].info.status == "KILLED"
+
+    # rerun with fewer epochs would be another config; rerun the same config and stop it quickly
+    # by resuming: it must start from the saved step, not from zero.
+    proc = subprocess.Popen(args, cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if read_checkpoint(ckpt)["step"] > state["step"]:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert f"resumed from .selectkit/checkpoints/t.pt at step {state['step']}" in out, out
+    assert proc.returncode == 130

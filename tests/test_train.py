@@ -1,0 +1,128 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selectkit.checkpoint import read_checkpoint
+from selectkit.config import OptimConfig
+from selectkit.train import Trainer, lr_at
+
+from conftest import tiny_train_cfg
+
+
+def test_lr_schedules():
+    cos = OptimConfig(lr=1.0, warmup=0.1)
+    assert lr_at(0.05, cos) == pytest.approx(0.5)
+    assert lr_at(0.1, cos) == pytest.approx(1.0)
+    assert lr_at(0.55, cos) == pytest.approx(0.5)
+    assert lr_at(1.0, cos) == pytest.approx(0.0, abs=1e-12)
+    step = OptimConfig(lr=1.0, warmup=0.0, schedule="step", milestones=[0.5, 0.75], gamma=0.1)
+    assert [lr_at(p, step) for p in (0.2, 0.6, 0.9)] == pytest.approx([1.0, 0.1, 0.01])
+    assert lr_at(0.7, OptimConfig(lr=0.3, warmup=0.0, schedule="constant")) == 0.3
+
+
+def test_training_learns_digits(digits_store):
+    r = Trainer(digits_store, tiny_train_cfg(epochs=3)).fit()
+    assert r.metrics["final_test_error"] < 0.15  # chance is 0.9
+    assert r.curve[0]["step"] == 10 and r.curve[-1]["step"] == r.metrics["steps"]
+    n = len(digits_store.train)
+    assert r.metrics["examples_backpropagated"] == 3 * n == r.metrics["examples_forwarded"]
+    assert set(r.metrics["seconds"]) >= {"data", "forward", "backward", "optimizer", "evaluation", "other"}
+
+
+def test_same_seed_same_result(digits_store):
+    a = Trainer(digits_store, tiny_train_cfg(epochs=1)).fit()
+    b = Trainer(digits_store, tiny_train_cfg(epochs=1)).fit()
+    c = Trainer(digits_store, tiny_train_cfg(epochs=1, seed=1)).fit()
+    assert a.curve[-1]["test_loss"] == b.curve[-1]["test_loss"] != c.curve[-1]["test_loss"]
+
+
+class _Recorder:
+    """A loss listener recording the ids of every batch; optionally requests a stop."""
+
+    def __init__(self, trainer=None, stop_at=None):
+        self.ids, self.trainer, self.stop_at = [], trainer, stop_at
+
+    def __call__(self, ids, losses, step):
+        assert len(ids) == len(losses) and torch.isfinite(losses).all()
+        self.ids.append(ids.tolist())
+        if self.stop_at is not None and step + 1 == self.stop_at:
+            self.trainer.request_stop("test")
+
+
+@pytest.mark.parametrize("stop_at", [7, 23, 45])  # mid-epoch 1, end of epoch 1 (23 batches), mid-epoch 2
+def test_resume_mid_epoch_is_equivalent(digits_store, tmp_path, stop_at):
+    cfg = tiny_train_cfg(epochs=3, input={"augment": "crop_flip"})
+    ref = Trainer(digits_store, cfg)
+    rec = _Recorder()
+    ref.ctx.listeners.append(rec)
+    full = ref.fit()
+
+    t1 = Trainer(digits_store, cfg, checkpoint_path=tmp_path / "ck.pt")
+    first = _Recorder(t1, stop_at)
+    t1.ctx.listeners.append(first)
+    with pytest.raises(KeyboardInterrupt, match=f"test at step {stop_at}; checkpoint saved"):
+        t1.fit()
+    t2 = Trainer(digits_store, cfg, checkpoint_path=tmp_path / "ck.pt")
+    second = _Recorder()
+    t2.ctx.listeners.append(second)
+    resumed = t2.fit(resume="auto")
+
+    assert first.ids + second.ids == rec.ids  # the same batches, in the same order
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
+    assert resumed.metrics["steps"] == full.metrics["steps"]
+    assert [r["step"] for r in resumed.curve] == [r["step"] for r in full.curve]
+    assert read_checkpoint(tmp_path / "ck.pt")["complete"]
+
+
+def test_auto_resume_ignores_other_config_and_finished_runs(digits_store, tmp_path):
+    ck = tmp_path / "ck.pt"
+    Trainer(digits_store, tiny_train_cfg(epochs=1), checkpoint_path=ck).fit()
+    t = Trainer(digits_store, tiny_train_cfg(epochs=1), checkpoint_path=ck)
+    assert not t.resume(ck, strict=False)  # finished
+    t = Trainer(digits_store, tiny_train_cfg(epochs=1, optim={"lr": 0.05}), checkpoint_path=ck)
+    assert not t.resume(ck, strict=False)  # other config
+
+
+def test_checkpoint_from_other_model_or_store(digits_store, tmp_path, make_npz):
+    from selectkit.config import DataConfig
+    from selectkit.store import Store, prepare
+
+    ck = tmp_path / "ck.pt"
+    Trainer(digits_store, tiny_train_cfg(epochs=1), checkpoint_path=ck).fit()
+    other_model = tiny_train_cfg(epochs=1, model={"name": "mlp", "args": {}})
+    with pytest.raises(ValueError, match=r"holds model \{'name': 'cnn'.*builds \{'name': 'mlp'"):
+        Trainer(digits_store, other_model).fit(resume=ck)
+    prepare(DataConfig(source="npz", path=str(make_npz(shape=(1, 8, 8), k=10))), tmp_path / "other")
+    with pytest.raises(ValueError, match=r"trained on store [0-9a-f]+ but this run's store is [0-9a-f]+"):
+        Trainer(Store(tmp_path / "other"), tiny_train_cfg(epochs=1)).fit(resume=ck)
+
+
+def test_unreadable_checkpoint(digits_store, tmp_path):
+    (tmp_path / "ck.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="unreadable.*delete it"):
+        Trainer(digits_store, tiny_train_cfg(epochs=1)).fit(resume=tmp_path / "ck.pt")
+
+
+def test_nan_loss_names_example_ids(digits_store):
+    t = Trainer(digits_store, tiny_train_cfg(epochs=1))
+    with torch.no_grad():
+        t.model.classifier.weight.fill_(math.nan)
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss at step 0 \(epoch 0\) on example ids \[\d+"):
+        t.fit()
+
+
+def test_wall_clock_budget_stops_early(digits_store):
+    full = Trainer(digits_store, tiny_train_cfg(epochs=50, eval_every=0)).fit()
+    budget = Trainer(digits_store, tiny_train_cfg(epochs=50, eval_every=0, budget_s=0.2)).fit()
+    assert budget.metrics["steps"] < full.metrics["steps"]
+    assert budget.metrics["train_s"] >= 0.2
+
+
+def test_subset_training_counts(digits_store, tmp_path):
+    ids = np.arange(0, 300, 3)
+    np.save(tmp_path / "s.npy", ids)
+    r = Trainer(digits_store, tiny_train_cfg(epochs=2, input={"subset": str(tmp_path / "s.npy")})).fit()
+    assert r.metrics["examples_backpropagated"] == 2 * len(ids)
