@@ -30,8 +30,8 @@ class LoadBatch:
             raise ValueError(f"{augment=} should be one of {AUGMENTATIONS}")
         self.split = split
         c = split.x.shape[1]
-        self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, c, 1, 1)
-        self.shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(1, c, 1, 1)
+        self.scale = np.array([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(1, c, 1, 1)
+        self.shift = np.array([m / s for m, s in zip(mean, std)], dtype=np.float32).reshape(1, c, 1, 1)
         self.augment = augment
         self.seed = seed
 
@@ -44,7 +44,12 @@ class LoadBatch:
         x[order] = self.split.x[sorted_ids]
         if self.augment != "none":
             x = self._augment(x, item)
-        xt = torch.from_numpy(x).float().mul_(self.scale).sub_(self.shift)
+        # numpy, not torch: this runs in the prefetch thread, where torch ops would start a
+        # second OpenMP team that spins on the cores the training step is using.
+        xf = x.astype(np.float32)
+        xf *= self.scale
+        xf -= self.shift
+        xt = torch.from_numpy(xf)
         out = dict(item)
         out.update(ids=torch.from_numpy(np.ascontiguousarray(ids)), x=xt,
                    y=torch.from_numpy(np.asarray(self.split.y[ids])))

@@ -1,0 +1,44 @@
+# The two commands (README.md): `make pipeline` runs the default pipeline, `make test` the tests.
+# Both create the virtual environment and fetch the data on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Pinned versions CI installs; `make test LOCK=` resolves the ranges in pyproject.toml afresh.
+LOCK   ?= requirements.lock
+STAMP  := $(VENV)/.installed-stamp
+FMNIST ?= /usr/share/datasets/fashion-mnist
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: pipeline test env data bench clean
+
+pipeline: env data
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+test: env data
+	$(BIN)/python -m pytest
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml $(LOCK)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(if $(LOCK),-c $(LOCK)) -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist package (offline); elsewhere, set
+# data.source: torchvision and data.download: true in params.yaml.
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST found in $(FMNIST)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "Fashion-MNIST not found in $(FMNIST): install Debian's dataset-fashion-mnist, or set" \
+		"data.source: torchvision and data.download: true in params.yaml"; fi
+
+bench: env data
+	$(BIN)/python benchmarks/cost_ratio.py
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .selectkit runs report data/store
