@@ -36,14 +36,14 @@ from selectkit.tracking import Tracker
 from selectkit.train import Trainer, lr_at
 
 CFG = {"model": {"name": "cnn", "args": {"channels": [32, 64]}}, "epochs": 1, "eval_every": 0,
-       "input": {"batch_size": 128, "prefetch": 2}, "optim": {"warmup": 0.05}}
+       "input": {"batch_size": 128, "prefetch": 2}, "warmup": 0.05}
 
 
 def plain_epoch(store: Store, cfg: TrainConfig, x_all: torch.Tensor, y_all: torch.Tensor) -> tuple:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, store.image_shape, store.num_classes).to(memory_format=torch.channels_last)
-    o = cfg.optim
-    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                          weight_decay=cfg.weight_decay)
     model.train()
     bs, n = cfg.input.batch_size, len(y_all)
     nb = math.ceil(n / bs)
@@ -57,7 +57,7 @@ def plain_epoch(store: Store, cfg: TrainConfig, x_all: torch.Tensor, y_all: torc
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for g in opt.param_groups:
-            g["lr"] = lr_at((i + 1) / nb, o)
+            g["lr"] = lr_at((i + 1) / nb, cfg)
         opt.step()
     return time.perf_counter() - t0, nb
 

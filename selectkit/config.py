@@ -79,32 +79,6 @@ class ModelConfig:
 
 
 @dataclass
-class OptimConfig:
-    """Optimizer and learning-rate schedule. The schedule is a function of training progress."""
-
-    name: str = "sgd"  # sgd | adam
-    lr: float = 0.1  # peak learning rate
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = True  # sgd only
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | constant
-    warmup: float = 0.05  # fraction of training spent ramping up linearly from 0
-    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # step schedule
-    gamma: float = 0.1  # step schedule: lr factor at each milestone
-
-    def __post_init__(self) -> None:
-        _choice("optim.name", self.name, ["sgd", "adam"])
-        _choice("optim.schedule", self.schedule, ["cosine", "step", "constant"])
-        _check(self.lr > 0, "optim.lr", self.lr, "> 0")
-        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "0 <= x < 1")
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
-        _check(0 <= self.warmup < 1, "optim.warmup", self.warmup, "0 <= x < 1")
-        _check(0 < self.gamma <= 1, "optim.gamma", self.gamma, "0 < x <= 1")
-        _check(all(0 < m < 1 for m in self.milestones), "optim.milestones", self.milestones,
-               "fractions of training strictly between 0 and 1")
-
-
-@dataclass
 class InputConfig:
     """The training input graph: sampler -> load/augment -> prefetch -> (policy) -> Loader."""
 
@@ -129,8 +103,17 @@ class TrainConfig:
     """One training run (params.yaml section `train`)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    # Optimizer and learning-rate schedule; the schedule is a function of training progress.
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup: float = 0.05  # fraction of training spent ramping up linearly from 0
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # step schedule
+    gamma: float = 0.1  # step schedule: lr factor at each milestone
     # The selection policy shaping the batch stream; see selectkit.graph.POLICIES.
     policy: str = "traditional"
     # Label under which reports group this run (defaults to the policy name).
@@ -154,6 +137,15 @@ class TrainConfig:
         from selectkit.graph import POLICIES  # local import: graph imports config
 
         _choice("train.policy", self.policy, sorted(POLICIES))
+        _choice("train.optimizer", self.optimizer, ["sgd", "adam"])
+        _choice("train.schedule", self.schedule, ["cosine", "step", "constant"])
+        _check(self.lr > 0, "train.lr", self.lr, "> 0")
+        _check(0 <= self.momentum < 1, "train.momentum", self.momentum, "0 <= x < 1")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
+        _check(0 <= self.warmup < 1, "train.warmup", self.warmup, "0 <= x < 1")
+        _check(0 < self.gamma <= 1, "train.gamma", self.gamma, "0 < x <= 1")
+        _check(all(0 < m < 1 for m in self.milestones), "train.milestones", self.milestones,
+               "fractions of training strictly between 0 and 1")
         _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
         if self.budget_s is not None:
             _check(self.budget_s > 0, "train.budget_s", self.budget_s, "> 0 seconds, or null")

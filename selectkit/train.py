@@ -45,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_at(progress: float, cfg) -> float:
-    """Learning rate at ``progress`` in [0, 1] of training (an OptimConfig's schedule)."""
+    """Learning rate at ``progress`` in [0, 1] of training, by ``cfg``'s (a TrainConfig's) schedule."""
     p = min(max(progress, 0.0), 1.0)
     if cfg.warmup > 0 and p < cfg.warmup:
         return cfg.lr * p / cfg.warmup
@@ -58,7 +58,7 @@ def lr_at(progress: float, cfg) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
+    if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -124,7 +124,7 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = build_model(cfg.model, store.image_shape, store.num_classes).to(
             self.device, memory_format=self.memory_format)
-        self.optimizer = make_optimizer(self.model, cfg.optim)
+        self.optimizer = make_optimizer(self.model, cfg)
         self.ctx = GraphContext(store, cfg, self.device, model=self.model)
         self.loader = build_input_graph(self.ctx, ids)
         self.model_sig = model_signature(cfg.model)
@@ -269,13 +269,13 @@ class Trainer:
             bad = batch["ids"][~torch.isfinite(losses.detach().cpu())][:10].tolist()
             raise FloatingPointError(
                 f"non-finite training loss at step {self.p.step} (epoch {self.p.epoch}) on example ids "
-                f"{bad}: lower train.optim.lr, or check those examples in the store")
+                f"{bad}: lower train.lr, or check those examples in the store")
         for listener in self.ctx.listeners:
             listener(batch["ids"], losses.detach(), self.p.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.clock.lap("backward")
-        lr = lr_at(self._progress(batch), self.cfg.optim)
+        lr = lr_at(self._progress(batch), self.cfg)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.scaler.step(self.optimizer)

@@ -6,7 +6,7 @@ from selectkit.config import (ConfigError, DataConfig, TrainConfig, from_dict, l
 
 def test_defaults_are_valid():
     cfg = from_dict(TrainConfig, {}, "train")
-    assert cfg.label == "traditional" and cfg.optim.lr == 0.1
+    assert cfg.label == "traditional" and cfg.lr == 0.1
 
 
 def test_unknown_key_names_the_key_and_allowed_keys():
@@ -15,18 +15,19 @@ def test_unknown_key_names_the_key_and_allowed_keys():
 
 
 def test_unknown_nested_key():
-    with pytest.raises(ConfigError, match=r"train.optim.lrr"):
-        from_dict(TrainConfig, {"optim": {"lrr": 0.1}}, "train")
+    with pytest.raises(ConfigError, match=r"train.input.batchsize"):
+        from_dict(TrainConfig, {"input": {"batchsize": 1}}, "train")
 
 
 def test_wrong_type_names_key_and_value():
-    with pytest.raises(ConfigError, match=r"train.optim.lr.*'fast'"):
-        from_dict(TrainConfig, {"optim": {"lr": "fast"}}, "train")
+    with pytest.raises(ConfigError, match=r"train.lr.*'fast'"):
+        from_dict(TrainConfig, {"lr": "fast"}, "train")
 
 
 @pytest.mark.parametrize("values, match", [
-    ({"optim": {"lr": -1.0}}, r"optim.lr=-1.0 is not allowed: expected > 0"),
-    ({"optim": {"name": "lbfgs"}}, r"optim.name='lbfgs'.*one of \['sgd', 'adam'\]"),
+    ({"lr": -1.0}, r"train.lr=-1.0 is not allowed: expected > 0"),
+    ({"optimizer": "lbfgs"}, r"train.optimizer='lbfgs'.*one of \['sgd', 'adam'\]"),
+    ({"milestones": [0.5, 1.5]}, r"train.milestones"),
     ({"epochs": 0}, r"train.epochs=0.*>= 1"),
     ({"policy": "magic"}, r"train.policy='magic'.*traditional"),
     ({"input": {"augment": "mixup"}}, r"input.augment='mixup'"),

@@ -22,7 +22,7 @@ data:
 seeds: [0]
 train:
   model: {{name: mlp, args: {{hidden: [32]}}}}
-  optim: {{lr: 0.1}}
+  lr: 0.1
   input: {{batch_size: 64, prefetch: 1}}
   epochs: 2
   eval_every: 10
@@ -99,6 +99,8 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     assert summary["methods"]["traditional"]["final_test_error"]["mean"] == pytest.approx(metrics["final_test_error"])
     shown = json.loads(sh(d, "dvc", "metrics", "show", "--json").stdout)
     assert json.dumps(shown).count(str(metrics["final_test_error"])) >= 1
+    plots = sh(d, "dvc", "plots", "show", "--json").stdout
+    assert "runs/traditional-0/curve.csv" in plots and "test_error" in plots
 
     # a second repro does nothing
     sh(d, "dvc", "repro")
@@ -108,12 +110,12 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     # an experiment changing the learning rate reruns train and report only
     sh(d, "git", "add", "-A")
     sh(d, "git", "commit", "-qm", "baseline")
-    out = sh(d, "dvc", "exp", "run", "-S", "train.optim.lr=0.05").stdout
+    out = sh(d, "dvc", "exp", "run", "-S", "train.lr=0.05").stdout
     assert "Running stage 'train@0'" in out and "Running stage 'report'" in out
     assert "Running stage 'prepare'" not in out
     runs = _by_stage(_runs(experiment))
     assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 2, "report": 2}
-    assert runs["train"][-1].data.params["train.optim.lr"] == "0.05"
+    assert runs["train"][-1].data.params["train.lr"] == "0.05"
 
 
 def test_bad_params_fail_before_work(repo):

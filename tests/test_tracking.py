@@ -17,13 +17,13 @@ def _run(run_id):
 def test_training_run_is_tracked(digits_store, tmp_path):
     cfg = tiny_train_cfg(epochs=2)
     tracker = Tracker(TrackingConfig(experiment="t-tracking", pipeline="unit"), stage="train", run_name="unit-train")
-    with tracker.run({"train": {"epochs": 2, "optim": {"lr": 0.1}}}, tags={"selectkit.label": "x"}) as t:
+    with tracker.run({"train": {"epochs": 2, "lr": 0.1, "input": {"batch_size": 64}}}, tags={"selectkit.label": "x"}) as t:
         trainer = Trainer(digits_store, cfg, tracker=t)
         r = trainer.fit()
         t.finish(r.metrics, metrics_path=tmp_path / "metrics.json", curve=r.curve, curve_path=tmp_path / "curve.csv")
     run = _run(tracker.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.optim.lr"] == "0.1"
+    assert run.data.params["train.lr"] == "0.1" and run.data.params["train.input.batch_size"] == "64"
     assert run.data.tags["selectkit.pipeline"] == "unit" and run.data.tags["selectkit.stage"] == "train"
     assert "mlflow.source.git.commit" in run.data.tags
     client = mlflow.MlflowClient()

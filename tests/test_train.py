@@ -5,21 +5,21 @@ import pytest
 import torch
 
 from selectkit.checkpoint import read_checkpoint
-from selectkit.config import OptimConfig
+from selectkit.config import TrainConfig
 from selectkit.train import Trainer, lr_at
 
-from conftest import tiny_train_cfg
+from conftest import FMNIST_DIR, tiny_train_cfg
 
 
 def test_lr_schedules():
-    cos = OptimConfig(lr=1.0, warmup=0.1)
+    cos = TrainConfig(lr=1.0, warmup=0.1)
     assert lr_at(0.05, cos) == pytest.approx(0.5)
     assert lr_at(0.1, cos) == pytest.approx(1.0)
     assert lr_at(0.55, cos) == pytest.approx(0.5)
     assert lr_at(1.0, cos) == pytest.approx(0.0, abs=1e-12)
-    step = OptimConfig(lr=1.0, warmup=0.0, schedule="step", milestones=[0.5, 0.75], gamma=0.1)
+    step = TrainConfig(lr=1.0, warmup=0.0, schedule="step", milestones=[0.5, 0.75], gamma=0.1)
     assert [lr_at(p, step) for p in (0.2, 0.6, 0.9)] == pytest.approx([1.0, 0.1, 0.01])
-    assert lr_at(0.7, OptimConfig(lr=0.3, warmup=0.0, schedule="constant")) == 0.3
+    assert lr_at(0.7, TrainConfig(lr=0.3, warmup=0.0, schedule="constant")) == 0.3
 
 
 def test_training_learns_digits(digits_store):
@@ -82,7 +82,7 @@ def test_auto_resume_ignores_other_config_and_finished_runs(digits_store, tmp_pa
     Trainer(digits_store, tiny_train_cfg(epochs=1), checkpoint_path=ck).fit()
     t = Trainer(digits_store, tiny_train_cfg(epochs=1), checkpoint_path=ck)
     assert not t.resume(ck, strict=False)  # finished
-    t = Trainer(digits_store, tiny_train_cfg(epochs=1, optim={"lr": 0.05}), checkpoint_path=ck)
+    t = Trainer(digits_store, tiny_train_cfg(epochs=1, lr=0.05), checkpoint_path=ck)
     assert not t.resume(ck, strict=False)  # other config
 
 
@@ -125,4 +125,20 @@ def test_subset_training_counts(digits_store, tmp_path):
     ids = np.arange(0, 300, 3)
     np.save(tmp_path / "s.npy", ids)
     r = Trainer(digits_store, tiny_train_cfg(epochs=2, input={"subset": str(tmp_path / "s.npy")})).fit()
+    assert r.metrics["examples_backpropagated"] == 2 * len(ids)
+
+
+@pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_slice_trains(tmp_path):
+    """A slice of the real data through the real target CNN: far better than chance in one pass."""
+    from selectkit.config import DataConfig
+    from selectkit.store import Store, prepare
+
+    prepare(DataConfig(source="idx", path=str(FMNIST_DIR)), tmp_path / "fm")
+    store = Store(tmp_path / "fm")
+    ids = np.arange(0, 60000, 20)  # 3,000 examples
+    cfg = tiny_train_cfg(epochs=2, model={"name": "cnn", "args": {"channels": [32, 64]}},
+                         input={"batch_size": 128}, eval_every=0, threads=None)
+    r = Trainer(store, cfg, ids=ids).fit()
+    assert r.metrics["final_test_error"] < 0.35  # chance is 0.9
     assert r.metrics["examples_backpropagated"] == 2 * len(ids)
