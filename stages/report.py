@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from selectkit.config import ReportConfig, TrackingConfig, load_section, to_dict
+from selectkit.config import ConfigError, ReportConfig, TrackingConfig, load_params, load_section, to_dict
 from selectkit.report import clean_json, load_run, markdown, plot, summarise
 from selectkit.tracking import Tracker, atomic_write_text
 
@@ -13,15 +13,21 @@ from selectkit.tracking import Tracker, atomic_write_text
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--runs", nargs="+", required=True, help="run directories (each with metrics.json, curve.csv)")
+    ap.add_argument("--runs", nargs="+", required=True,
+                    help="run directories (each with metrics.json, curve.csv); a {seed} in one is "
+                         "expanded over the params' `seeds` list")
     ap.add_argument("--out", required=True, help="report directory")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_section(args.params, "report", ReportConfig)
     tracking = load_section(args.params, "tracking", TrackingConfig)
     out = Path(args.out)
+    seeds = load_params(args.params).get("seeds", [])
+    if any("{seed}" in r for r in args.runs) and not (isinstance(seeds, list) and seeds):
+        raise ConfigError(f"--runs {args.runs} uses {{seed}} but params' seeds={seeds!r} is not a non-empty list")
+    run_dirs = [r.format(seed=s) for r in args.runs for s in (seeds if "{seed}" in r else [None])]
     with Tracker(tracking, stage="report").run({"report": to_dict(cfg)}) as t:
-        runs = [load_run(r) for r in args.runs]
+        runs = [load_run(r) for r in run_dirs]
         summary = clean_json(summarise(runs, cfg.baseline, cfg.targets))
         atomic_write_text(out / "summary.md", markdown(summary))
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
