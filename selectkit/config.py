@@ -99,6 +99,28 @@ class InputConfig:
 
 
 @dataclass
+class SBConfig:
+    """Selective-Backprop and Stale-SB (train.policy: sb), params section `train.sb`."""
+
+    beta: float = 2.0  # keep probability CDF_R(loss) ** beta; larger keeps fewer
+    window: int = 1024  # R: how many recent losses the percentile is taken over
+    # Candidates scored per selection forward; larger than input.batch_size amortises calls.
+    selection_batch_size: int = 128
+    floor: float = 0.0  # minimum keep probability
+    warmup_epochs: int = 0  # epochs of Traditional training before selection starts
+    selection_mode: str = "eval"  # eval | train: the model's mode during selection forwards
+    staleness: int = 1  # 1 = SB; n > 1 = Stale-SB: selection forwards every n-th epoch only
+
+    def __post_init__(self) -> None:
+        _check(self.beta > 0, "train.sb.beta", self.beta, "> 0 (beta -> 0 keeps everything)")
+        _check(self.window >= 1, "train.sb.window", self.window, ">= 1")
+        _check(0.0 <= self.floor <= 1.0, "train.sb.floor", self.floor, "0 <= x <= 1")
+        _check(self.warmup_epochs >= 0, "train.sb.warmup_epochs", self.warmup_epochs, ">= 0")
+        _check(self.staleness >= 1, "train.sb.staleness", self.staleness, ">= 1 (1 is plain SB)")
+        _choice("train.sb.selection_mode", self.selection_mode, ["eval", "train"])
+
+
+@dataclass
 class TrainConfig:
     """One training run (params.yaml section `train`)."""
 
@@ -116,6 +138,7 @@ class TrainConfig:
     gamma: float = 0.1  # step schedule: lr factor at each milestone
     # The selection policy shaping the batch stream; see selectkit.graph.POLICIES.
     policy: str = "traditional"
+    sb: SBConfig = field(default_factory=SBConfig)
     # Label under which reports group this run (defaults to the policy name).
     label: Optional[str] = None
     epochs: int = 10  # passes over the (sub)set of candidate examples
@@ -156,6 +179,12 @@ class TrainConfig:
         for key in ("eval_every", "log_every", "checkpoint_every"):
             _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), ">= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
+        if self.policy == "sb":
+            _check(self.sb.selection_batch_size >= self.input.batch_size, "train.sb.selection_batch_size",
+                   self.sb.selection_batch_size, f">= input.batch_size ({self.input.batch_size}): smaller "
+                   f"selection batches only add per-call overhead")
+            _check(self.sb.warmup_epochs < self.epochs, "train.sb.warmup_epochs", self.sb.warmup_epochs,
+                   f"< train.epochs ({self.epochs}), or selection never starts")
         if self.label is None:
             self.label = self.policy
 

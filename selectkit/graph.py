@@ -9,7 +9,8 @@
       -> Loader                          checkpointable: Loader.state_dict() resumes mid-epoch
 
 The trainer iterates the Loader and never learns which policy shaped the stream. A policy
-is a function ``(node, ctx) -> node`` registered in ``POLICIES``.
+is a ``Policy`` registered in ``POLICIES``: the candidate batch size it wants from the sampler,
+and a function ``(node, ctx) -> node`` that wraps the stream.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import numpy as np
 import torch
 from torchdata.nodes import BaseNode, Loader, Mapper, PinMemory, Prefetcher
 
+from selectkit.nodes.filter import Rebatch
 from selectkit.nodes.load import LoadBatch
 from selectkit.nodes.sampler import IdBatchSampler
+from selectkit.nodes.selective_backprop import SelectiveBackprop
 from selectkit.store import Store
 
 
@@ -39,7 +42,8 @@ class GraphContext:
         store: the example store.
         cfg: the run's TrainConfig.
         device: where the trainer's model lives.
-        model: the live model (policies run inference with it; the trainer owns mode and device).
+        model: the trainer's ModelHandle: ``model.losses(x, y, mode)`` scores a batch with the
+            live model without building a graph (the trainer owns device, AMP and mode).
         listeners: policies append callables here to receive the trainer's per-example losses.
         counters: policies add their own counters (namespaced, e.g. ``sb/selection_forwarded``);
             the trainer logs them with its own.
@@ -48,12 +52,17 @@ class GraphContext:
     store: Store
     cfg: Any
     device: torch.device
-    model: Optional[torch.nn.Module] = None
+    model: Any = None
     listeners: List[LossListener] = field(default_factory=list)
     counters: Dict[str, float] = field(default_factory=dict)
 
 
-Policy = Callable[[BaseNode, GraphContext], BaseNode]
+@dataclass(frozen=True)
+class Policy:
+    """A selection policy: the candidate batch size it wants, and how it wraps the stream."""
+
+    build: Callable[[BaseNode, GraphContext], BaseNode]
+    candidate_batch_size: Callable[[Any], int] = lambda cfg: cfg.input.batch_size
 
 
 def _traditional(node: BaseNode, ctx: GraphContext) -> BaseNode:
@@ -61,7 +70,21 @@ def _traditional(node: BaseNode, ctx: GraphContext) -> BaseNode:
     return node
 
 
-POLICIES: Dict[str, Policy] = {"traditional": _traditional}
+def _selective_backprop(node: BaseNode, ctx: GraphContext) -> BaseNode:
+    """SB / Stale-SB: score candidates, keep by CDF_R(loss) ** beta, re-batch the kept rows."""
+    sb = ctx.cfg.sb
+    node = SelectiveBackprop(
+        node, lambda x, y: ctx.model.losses(x, y, sb.selection_mode), len(ctx.store.train), ctx.store.fingerprint,
+        beta=sb.beta, window=sb.window, floor=sb.floor, warmup_epochs=sb.warmup_epochs,
+        staleness=sb.staleness, seed=ctx.cfg.seed, counters=ctx.counters)
+    ctx.listeners.append(node.observe)
+    return Rebatch(node, ctx.cfg.input.batch_size)
+
+
+POLICIES: Dict[str, Policy] = {
+    "traditional": Policy(_traditional),
+    "sb": Policy(_selective_backprop, lambda cfg: cfg.sb.selection_batch_size),
+}
 
 
 def candidate_ids(store: Store, subset: Optional[str]) -> np.ndarray:
@@ -97,14 +120,16 @@ def build_input_graph(ctx: GraphContext, ids: Optional[np.ndarray] = None) -> Lo
     store, cfg, device = ctx.store, ctx.cfg, ctx.device
     if ids is None:
         ids = candidate_ids(store, cfg.input.subset)
-    node: BaseNode = IdBatchSampler(ids, cfg.input.batch_size, seed=cfg.seed, drop_last=cfg.input.drop_last)
+    policy = POLICIES[cfg.policy]
+    node: BaseNode = IdBatchSampler(ids, policy.candidate_batch_size(cfg), seed=cfg.seed,
+                                    drop_last=cfg.input.drop_last)
     node = Mapper(node, LoadBatch(store.train, store.meta["mean"], store.meta["std"],
                                   cfg.input.augment, seed=cfg.seed))
     if cfg.input.prefetch > 0:
         node = Prefetcher(node, prefetch_factor=cfg.input.prefetch)
     if device.type == "cuda":
         node = PinMemory(node)
-    node = POLICIES[cfg.policy](node, ctx)
+    node = policy.build(node, ctx)
     # A state saved at the end of an epoch must resume as "epoch over", not silently roll
     # into the next epoch: the trainer counts epochs by the iterator running out.
     return Loader(node, restart_on_stop_iteration=False)

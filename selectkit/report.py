@@ -22,7 +22,7 @@ def load_run(run_dir: str | Path) -> Dict[str, Any]:
             raise FileNotFoundError(f"{p} not found: {d} is not a finished training run (rerun its train stage)")
     run = json.loads(mpath.read_text())
     with cpath.open() as f:
-        run["curve"] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        run["curve"] = [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
     run["name"] = d.name
     return run
 

@@ -57,7 +57,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def write_csv(path: str | Path, rows: Sequence[Dict[str, Any]]) -> None:
     buf = io.StringIO()
     if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(k for row in rows for k in row))  # union, first-seen order
+        w = csv.DictWriter(buf, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
     atomic_write_text(path, buf.getvalue())

@@ -86,6 +86,47 @@ class PhaseClock:
         return sum(v for k, v in self.seconds.items() if k not in ("evaluation", "checkpoint"))
 
 
+class ModelHandle:
+    """What policy nodes may do with the live model: score a batch without building a graph.
+
+    Device placement, memory format and AMP stay the trainer's business; the handle restores
+    the model's training mode after each call.
+    """
+
+    def __init__(self, trainer: "Trainer"):
+        self._t = trainer
+
+    @torch.inference_mode()
+    def losses(self, x: torch.Tensor, y: torch.Tensor, mode: str = "eval") -> torch.Tensor:
+        """Per-example cross-entropy of the live model on (x, y), as a float32 CPU tensor.
+
+        Args:
+            mode: ``eval`` (BatchNorm uses running statistics) or ``train`` (batch statistics;
+                BatchNorm's running statistics are updated as in a training forward).
+
+        Raises:
+            RuntimeError: the model is not in training mode, or not on the trainer's device.
+        """
+        t = self._t
+        model = t.model
+        if not model.training:
+            raise RuntimeError("the model is in eval mode between training steps: something switched it "
+                               "without switching it back; policies must score through ModelHandle.losses")
+        dev = next(model.parameters()).device
+        if dev != t.device:
+            raise RuntimeError(f"the model is on {dev} but the trainer runs on {t.device}")
+        if mode == "eval":
+            model.eval()
+        try:
+            xb = x.to(t.device, non_blocking=True).contiguous(memory_format=t.memory_format)
+            with t._autocast():
+                logits = model(xb)
+            out = F.cross_entropy(logits.float(), y.to(t.device, non_blocking=True), reduction="none")
+        finally:
+            model.train()
+        return out.cpu()
+
+
 @dataclass
 class TrainResult:
     metrics: Dict[str, Any]
@@ -125,12 +166,13 @@ class Trainer:
         self.model = build_model(cfg.model, store.image_shape, store.num_classes).to(
             self.device, memory_format=self.memory_format)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.ctx = GraphContext(store, cfg, self.device, model=self.model)
+        self.ctx = GraphContext(store, cfg, self.device, model=ModelHandle(self))
         self.loader = build_input_graph(self.ctx, ids)
         self.model_sig = model_signature(cfg.model)
         self.p = _Progress()
         self.clock = PhaseClock(self.device)
         self._stop_reason: Optional[str] = None
+        self._carved: Dict[str, float] = {}
         self._test_cache: Optional[List[Dict[str, torch.Tensor]]] = None
         if self.device.type == "cuda" and cfg.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -176,6 +218,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.p = _Progress(ckpt["step"], ckpt["epoch"], dict(ckpt["counters"]), list(ckpt["history"]))
         self.ctx.counters.update(ckpt["policy_counters"])
+        self._carved = {k: v for k, v in self.ctx.counters.items() if k.startswith("time/")}
         self.clock.seconds.update(ckpt["seconds"])
         log.info("resumed from %s at step %d (epoch %d)", path, self.p.step, self.p.epoch)
         return True
@@ -238,7 +281,8 @@ class Trainer:
         self.clock.lap("evaluation")
         row = {"step": self.p.step, "epoch": self.p.epoch, "wall_s": round(self.clock.train_s, 4),
                "examples_seen": self.p.counters["examples_backpropagated"], **r,
-               "examples_forwarded": self.p.counters["examples_forwarded"]}
+               "examples_forwarded": self.p.counters["examples_forwarded"],
+               **{k: v for k, v in self.ctx.counters.items() if not k.startswith("time/")}}
         self.p.history.append(row)
         if self.tracker is not None:
             t = self.tracker
@@ -288,6 +332,18 @@ class Trainer:
         if self.tracker is not None and self.cfg.log_every and self.p.step % self.cfg.log_every == 0:
             self.tracker.log({"train/loss": loss.item(), "train/lr": lr}, step=self.p.step)
 
+    def _carve_policy_time(self) -> None:
+        """Policies run inside ``next(loader)``; move the seconds they report as ``time/<phase>_s``
+        counters out of the data phase into their own phase (e.g. ``selection``)."""
+        for k, v in self.ctx.counters.items():
+            if k.startswith("time/") and k.endswith("_s"):
+                delta = v - self._carved.get(k, 0.0)
+                if delta:
+                    phase = k[5:-2]
+                    self.clock.seconds[phase] = self.clock.seconds.get(phase, 0.0) + delta
+                    self.clock.seconds["data"] -= delta
+                    self._carved[k] = v
+
     def _out_of_budget(self) -> bool:
         return self.cfg.budget_s is not None and self.clock.train_s >= self.cfg.budget_s
 
@@ -320,6 +376,7 @@ class Trainer:
                     except StopIteration:
                         break
                     self.clock.lap("data")
+                    self._carve_policy_time()
                     self._step(batch)
                     bar.update(1)
                     if cfg.eval_every and self.p.step % cfg.eval_every == 0:

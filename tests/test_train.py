@@ -51,13 +51,30 @@ class _Recorder:
             self.trainer.request_stop("test")
 
 
-@pytest.mark.parametrize("stop_at", [7, 23, 45])  # mid-epoch 1, end of epoch 1 (23 batches), mid-epoch 2
-def test_resume_mid_epoch_is_equivalent(digits_store, tmp_path, stop_at):
-    cfg = tiny_train_cfg(epochs=3, input={"augment": "crop_flip"})
+# Every policy in the registry must resume exactly (a registry-driven test, as STYLE.md asks).
+POLICY_PARAMS = {
+    "traditional": {},
+    "sb": {"policy": "sb", "sb": {"beta": 1.0, "selection_batch_size": 128}},
+    "stale-sb": {"policy": "sb", "sb": {"beta": 1.0, "selection_batch_size": 128, "staleness": 2,
+                                        "warmup_epochs": 1}},
+}
+
+
+def test_every_policy_is_covered():
+    from selectkit.graph import POLICIES
+
+    assert {v.get("policy", "traditional") for v in POLICY_PARAMS.values()} == set(POLICIES)
+
+
+@pytest.mark.parametrize("policy, where", [(p, w) for p in sorted(POLICY_PARAMS) for w in (0.1, 0.5, 0.9)]
+                         + [("traditional", 23)])  # step 23 ends epoch 1 (23 batches of 64)
+def test_resume_mid_epoch_is_equivalent(digits_store, tmp_path, policy, where):
+    cfg = tiny_train_cfg(epochs=3, input={"augment": "crop_flip"}, **POLICY_PARAMS[policy])
     ref = Trainer(digits_store, cfg)
     rec = _Recorder()
     ref.ctx.listeners.append(rec)
     full = ref.fit()
+    stop_at = where if isinstance(where, int) else max(1, int(where * full.metrics["steps"]))
 
     t1 = Trainer(digits_store, cfg, checkpoint_path=tmp_path / "ck.pt")
     first = _Recorder(t1, stop_at)

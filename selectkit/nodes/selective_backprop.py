@@ -1,0 +1,141 @@
+"""SelectiveBackprop: the node that keeps each candidate with probability CDF_R(loss) ** beta.
+
+Placed after the prefetch thread (it runs the live model, which only the training thread may
+touch) and followed by a ``Rebatch`` that turns the kept rows into full training batches:
+
+    ... -> Prefetcher -> SelectiveBackprop -> Rebatch(batch_size) -> Loader
+
+Epochs before ``warmup_epochs`` pass every candidate (Traditional). After that, every
+``staleness``-th epoch is *fresh*: each candidate batch gets one selection forward (no graph)
+and its losses refresh the loss table. The other epochs are *stale*: losses come from the
+table, keyed by example id, with no forward at all. The trainer's own training forward of
+every kept example also refreshes the table (through ``observe``, a loss listener).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from torchdata.nodes import BaseNode
+
+from selectkit.methods.sb import LossWindow, loss_threshold, select
+from selectkit.nodes.filter import Batch, take_rows
+
+
+class SelectiveBackprop(BaseNode[Batch]):
+    """Drops low-loss rows of candidate batches; emits the kept rows (variable-size batches).
+
+    Args:
+        source: upstream node yielding loaded candidate batches (``ids``, ``x``, ``y``, ``epoch``).
+        scorer: ``scorer(x, y) -> per-example losses`` (the trainer's ModelHandle.losses).
+        num_examples: size of the train split (the loss table's length).
+        fingerprint: the store's fingerprint (a resumed state must match it).
+        beta, window, floor, warmup_epochs, staleness: see selectkit.config.SBConfig.
+        seed: seeds the keep/skip draws.
+        counters: a dict the trainer logs; this node adds ``sb/*`` counters and the
+            ``time/selection_s`` phase.
+    """
+
+    SOURCE_KEY, WINDOW_KEY, RNG_KEY, TABLE_KEY, META_KEY = "source", "window", "rng", "table", "meta"
+
+    def __init__(self, source: BaseNode[Batch], scorer, num_examples: int, fingerprint: str, *,
+                 beta: float, window: int, floor: float = 0.0, warmup_epochs: int = 0, staleness: int = 1,
+                 seed: int = 0, counters: Optional[Dict[str, float]] = None):
+        super().__init__()
+        if beta <= 0:
+            raise ValueError(f"{beta=} should be > 0 (beta -> 0 keeps everything)")
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError(f"{floor=} should be in [0, 1]")
+        if staleness < 1 or warmup_epochs < 0:
+            raise ValueError(f"{staleness=} should be >= 1 and {warmup_epochs=} >= 0")
+        self.source, self.scorer = source, scorer
+        self.num_examples, self.fingerprint = num_examples, fingerprint
+        self.beta, self.floor, self.warmup_epochs, self.staleness = beta, floor, warmup_epochs, staleness
+        self.seed = seed
+        self.window = LossWindow(window)
+        self.table = np.full(num_examples, np.nan, dtype=np.float32)
+        self.rng = np.random.default_rng([seed, 0x5B])
+        self.counters = counters if counters is not None else {}
+        for k in ("sb/candidates", "sb/kept", "sb/selection_forwarded", "sb/stale_selected", "sb/kept_fraction",
+                  "time/selection_s"):
+            self.counters.setdefault(k, 0.0)
+        self.counters.setdefault("sb/loss_threshold", float("nan"))
+
+    # ------------------------------------------------------------------ protocol
+    def reset(self, initial_state: Optional[Dict[str, Any]] = None):
+        super().reset(initial_state)
+        if initial_state is None:
+            self.source.reset(None)
+            return
+        meta = initial_state[self.META_KEY]
+        want = {"fingerprint": self.fingerprint, "num_examples": self.num_examples, "staleness": self.staleness}
+        if {k: meta[k] for k in want} != want:
+            raise ValueError(f"resumed Selective-Backprop state was made for {meta} but this run has {want}: "
+                             f"resume with the same store and sb.staleness, or start afresh")
+        self.source.reset(initial_state[self.SOURCE_KEY])
+        self.window.load(initial_state[self.WINDOW_KEY])
+        self.rng.bit_generator.state = initial_state[self.RNG_KEY]
+        self.table = np.array(initial_state[self.TABLE_KEY], dtype=np.float32)
+
+    def get_state(self) -> Dict[str, Any]:
+        return {self.SOURCE_KEY: self.source.state_dict(), self.WINDOW_KEY: self.window.state(),
+                self.RNG_KEY: self.rng.bit_generator.state, self.TABLE_KEY: self.table.copy(),
+                self.META_KEY: {"fingerprint": self.fingerprint, "num_examples": self.num_examples,
+                                "staleness": self.staleness}}
+
+    # ------------------------------------------------------------------ selection
+    def is_fresh(self, epoch: int) -> bool:
+        """Whether ``epoch`` runs selection forwards (else it selects from the loss table)."""
+        return (epoch - self.warmup_epochs) % self.staleness == 0
+
+    def next(self) -> Batch:
+        while True:
+            batch = next(self.source)
+            epoch = int(batch["epoch"])
+            if epoch < self.warmup_epochs:
+                return batch
+            ids = batch["ids"].numpy() if isinstance(batch["ids"], torch.Tensor) else np.asarray(batch["ids"])
+            losses = self.table[ids]
+            # Fresh epochs score every candidate; stale ones only those never scored (e.g. when
+            # the candidate set grew), so every loss used belongs to its own example.
+            rows = np.arange(len(ids)) if self.is_fresh(epoch) else np.flatnonzero(np.isnan(losses))
+            if len(rows):
+                t0 = time.perf_counter()
+                sel = torch.from_numpy(rows)
+                x, y = (batch["x"], batch["y"]) if len(rows) == len(ids) else (batch["x"][sel], batch["y"][sel])
+                fresh = self.scorer(x, y).numpy()
+                self._check_finite(fresh, ids[rows], epoch)
+                losses[rows] = fresh
+                self.table[ids[rows]] = fresh
+                self.counters["sb/selection_forwarded"] += len(rows)
+                self.counters["time/selection_s"] += time.perf_counter() - t0
+            self.counters["sb/stale_selected"] += len(ids) - len(rows)
+            keep = select(losses, self.window, self.beta, self.floor, self.rng)
+            self.counters["sb/candidates"] += len(ids)
+            self.counters["sb/kept"] += int(keep.sum())
+            self.counters["sb/kept_fraction"] = self.counters["sb/kept"] / self.counters["sb/candidates"]
+            self.counters["sb/loss_threshold"] = loss_threshold(self.window.current(), self.beta)
+            if keep.all():
+                return batch
+            if keep.any():
+                return take_rows(batch, np.flatnonzero(keep))
+
+    def observe(self, ids: torch.Tensor, losses: torch.Tensor, step: int) -> None:
+        """Loss listener: the trainer's training forward refreshes the table (and, during
+        warm-up, fills the window so the first selective epoch starts with a full history)."""
+        ids_np = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        values = losses.float().cpu().numpy()
+        self.table[ids_np] = values
+        if not self.counters["sb/candidates"]:  # still in warm-up: nothing selected yet
+            self.window.push(values)
+
+    @staticmethod
+    def _check_finite(losses: np.ndarray, ids: np.ndarray, epoch: int) -> None:
+        bad = ~np.isfinite(losses)
+        if bad.any():
+            raise FloatingPointError(
+                f"Selective-Backprop selection pass gave non-finite losses in epoch {epoch} for example ids "
+                f"{ids[bad][:10].tolist()}: lower train.lr, or check those examples in the store")

@@ -1,0 +1,235 @@
+"""Selective-Backprop and Stale-SB: the pure functions, the node, and the policy in the trainer."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchdata.nodes import Mapper
+
+from selectkit.config import ConfigError
+from selectkit.methods.sb import LossWindow, cdf, keep_probability, loss_threshold, select
+from selectkit.nodes import IdBatchSampler, Rebatch
+from selectkit.nodes.selective_backprop import SelectiveBackprop
+from selectkit.train import Trainer
+
+from conftest import tiny_train_cfg
+from resume_harness import check_resume, run_epoch
+
+
+# ---------------------------------------------------------------- pure functions
+def test_cdf_hand_computed_with_ties():
+    np.testing.assert_allclose(cdf([0.5, 2, 2.5, 4, 5], [1, 2, 3, 4]), [0, 0.5, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(cdf([1, 2, 1.5], [1, 1, 2, 2]), [0.5, 1.0, 0.5])  # ties count as at-or-below
+
+
+def test_keep_probability_and_floor():
+    np.testing.assert_allclose(keep_probability([0.5, 1.0, 0.0], beta=2), [0.25, 1.0, 0.0])
+    np.testing.assert_allclose(keep_probability([0.5, 0.1], beta=2, floor=0.1), [0.25, 0.1])
+
+
+def test_batch_joins_window_before_ranking():
+    w = LossWindow(8)
+    p = []
+    select(np.array([1.0, 2.0, 3.0, 4.0]), w, beta=1.0, floor=0.0, rng=np.random.default_rng(0), out_p=p)
+    np.testing.assert_allclose(p[0], [0.25, 0.5, 0.75, 1.0])
+
+
+def test_window_is_a_ring_and_round_trips():
+    w = LossWindow(3)
+    w.push(np.array([1.0, 2.0]))
+    w.push(np.array([3.0, 4.0, 5.0]))
+    assert sorted(w.current().tolist()) == [3.0, 4.0, 5.0] and w.count == 5
+    w2 = LossWindow(3)
+    w2.load(w.state())
+    assert w2.current().tolist() == w.current().tolist()
+    with pytest.raises(ValueError, match="sb.window=4"):
+        LossWindow(4).load(w.state())
+    with pytest.raises(ValueError, match="size=0"):
+        LossWindow(0)
+
+
+def test_loss_threshold():
+    assert loss_threshold(np.arange(1, 101), beta=1) == pytest.approx(50.5)
+    assert loss_threshold(np.arange(1, 101), beta=2) > loss_threshold(np.arange(1, 101), beta=1)
+
+
+def _kept_fraction(beta, floor=0.0, n_batches=200, bs=128):
+    rng_losses = np.random.default_rng(0)
+    w, rng = LossWindow(1024), np.random.default_rng(1)
+    kept = [select(rng_losses.random(bs), w, beta, floor, rng) for _ in range(n_batches)]
+    return np.concatenate(kept).mean()
+
+
+def test_kept_fraction_falls_with_beta_and_matches_expectation():
+    betas = [0.5, 1.0, 2.0, 3.0, 5.0]
+    fractions = [_kept_fraction(b) for b in betas]
+    assert all(a > b for a, b in zip(fractions, fractions[1:]))
+    for b, f in zip(betas, fractions):  # uniform losses: CDF ~ U(0,1), E[U^beta] = 1 / (beta + 1)
+        assert f == pytest.approx(1 / (b + 1), abs=0.02)
+
+
+def test_beta_to_zero_is_traditional():
+    assert _kept_fraction(1e-9) == 1.0
+
+
+# ---------------------------------------------------------------- the node
+class _Scorer:
+    """Loss of example i is f(i) = (i % 97) / 97: known per id, so pairing can be checked."""
+
+    def __init__(self):
+        self.calls = 0
+        self.rows = 0
+
+    def __call__(self, x, y):
+        self.calls += 1
+        self.rows += len(x)
+        return torch.as_tensor((x[:, 0].numpy() % 97) / 97.0, dtype=torch.float32)
+
+
+def loss_of(ids):
+    return (np.asarray(ids) % 97) / 97.0
+
+
+def _synthetic(ids_batch):
+    ids = ids_batch["ids"]
+    return {**ids_batch, "ids": torch.from_numpy(ids), "x": torch.from_numpy(ids.astype(np.float32))[:, None],
+            "y": torch.zeros(len(ids), dtype=torch.long)}
+
+
+def make_sb(scorer=None, n=500, staleness=1, warmup=0, beta=2.0, bs=64, out_bs=32, seed=0, floor=0.0):
+    src = Mapper(IdBatchSampler(np.arange(n), bs, seed=seed), _synthetic)
+    node = SelectiveBackprop(src, scorer or _Scorer(), n, "fp", beta=beta, window=256, floor=floor,
+                             warmup_epochs=warmup, staleness=staleness, seed=seed)
+    return node, Rebatch(node, out_bs)
+
+
+def test_node_keeps_high_losses_and_emits_full_batches():
+    sb, node = make_sb(beta=3.0)
+    out = run_epoch(node)
+    kept = np.concatenate([b["ids"] for b in out])
+    assert all(len(b["ids"]) == 32 for b in out[:-1])
+    assert len(set(kept.tolist())) == len(kept)  # no example twice
+    assert loss_of(kept).mean() > loss_of(np.arange(500)).mean() + 0.15
+    c = sb.counters
+    assert c["sb/candidates"] == 500 and c["sb/kept"] == len(kept) == c["sb/kept_fraction"] * 500
+    assert c["sb/selection_forwarded"] == 500
+
+
+def test_warmup_epochs_pass_everything_without_forwards():
+    scorer = _Scorer()
+    sb, node = make_sb(scorer, warmup=1)
+    assert len(np.concatenate([b["ids"] for b in run_epoch(node)])) == 500
+    assert scorer.calls == 0
+    run_epoch(node)
+    assert scorer.rows == 500
+
+
+def test_stale_sb_forwards_only_every_nth_epoch_and_pairs_losses_with_their_examples():
+    scorer = _Scorer()
+    sb, node = make_sb(scorer, staleness=3)
+    rows_per_epoch, kept_per_epoch = [], []
+    for epoch in range(6):
+        before = scorer.rows
+        kept_per_epoch.append(np.concatenate([b["ids"] for b in run_epoch(node)]))
+        rows_per_epoch.append(scorer.rows - before)
+        # every stored loss belongs to the example that produced it
+        np.testing.assert_allclose(sb.table, loss_of(np.arange(500)), rtol=1e-6)
+    assert rows_per_epoch == [500, 0, 0, 500, 0, 0]
+    assert sb.counters["sb/stale_selected"] == 4 * 500 and sb.counters["sb/selection_forwarded"] == 2 * 500
+    for kept in kept_per_epoch:  # stale epochs select by the same per-example losses
+        assert loss_of(kept).mean() > loss_of(np.arange(500)).mean() + 0.1
+
+
+def test_training_losses_refresh_the_table():
+    sb, node = make_sb(staleness=2)
+    run_epoch(node)
+    sb.observe(torch.tensor([3, 5]), torch.tensor([9.0, 7.0]), step=0)
+    assert sb.table[3] == 9.0 and sb.table[5] == 7.0 and sb.table[4] == pytest.approx(loss_of(4))
+
+
+def test_unscored_examples_get_a_forward_in_stale_epochs():
+    scorer = _Scorer()
+    sb, node = make_sb(scorer, staleness=3)
+    run_epoch(node)
+    sb.table[:100] = np.nan  # e.g. examples that joined the candidate set since the last fresh epoch
+    before = scorer.rows
+    run_epoch(node)  # epoch 1 is stale: only the batches holding unscored ids are forwarded
+    forwarded = scorer.rows - before
+    assert forwarded == 100
+    np.testing.assert_allclose(sb.table, loss_of(np.arange(500)), rtol=1e-6)
+
+
+def test_nan_losses_name_ids_and_epoch():
+    def bad(x, y):
+        out = torch.zeros(len(x))
+        out[2] = math.nan
+        return out
+    _, node = make_sb(bad)
+    with pytest.raises(FloatingPointError, match=r"epoch 0 for example ids \[\d+\]"):
+        run_epoch(node)
+
+
+def test_node_validates():
+    with pytest.raises(ValueError, match="beta=0"):
+        make_sb(beta=0)
+    with pytest.raises(ValueError, match="floor=2"):
+        make_sb(floor=2)
+
+
+def test_resume_state_from_other_store_or_staleness():
+    sb, node = make_sb(staleness=3)
+    state = node.state_dict()
+    _, other = make_sb(staleness=2)
+    with pytest.raises(ValueError, match="resumed Selective-Backprop state.*sb.staleness"):
+        other.reset(state)
+
+
+@pytest.mark.parametrize("staleness, stop_after", [(1, 5), (3, 3)])
+def test_resume_sb_node(staleness, stop_after):
+    check_resume(lambda: make_sb(staleness=staleness)[1], stop_after=stop_after)
+
+
+# ---------------------------------------------------------------- config and the trainer
+@pytest.mark.parametrize("values, match", [
+    ({"sb": {"beta": 0.0}}, r"train.sb.beta=0.0.*> 0"),
+    ({"sb": {"window": 0}}, r"train.sb.window=0"),
+    ({"sb": {"staleness": 0}}, r"train.sb.staleness=0"),
+    ({"sb": {"selection_mode": "half"}}, r"train.sb.selection_mode='half'"),
+    ({"policy": "sb", "sb": {"selection_batch_size": 32}, "input": {"batch_size": 64}},
+     r"train.sb.selection_batch_size=32.*>= input.batch_size \(64\)"),
+    ({"policy": "sb", "epochs": 2, "sb": {"warmup_epochs": 2}}, r"train.sb.warmup_epochs=2"),
+])
+def test_sb_config_errors(values, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny_train_cfg(**values)
+
+
+SB = {"policy": "sb", "sb": {"beta": 2.0, "selection_batch_size": 128}}
+STALE = {"policy": "sb", "sb": {"beta": 2.0, "selection_batch_size": 128, "staleness": 3}}
+
+
+def test_sb_training_run_accounting(digits_store):
+    r = Trainer(digits_store, tiny_train_cfg(epochs=4, **STALE)).fit()
+    n = len(digits_store.train)
+    c = r.metrics["policy_counters"]
+    assert c["sb/candidates"] == 4 * n
+    assert c["sb/selection_forwarded"] == 2 * n  # epochs 0 and 3 are fresh
+    assert r.metrics["examples_backpropagated"] == c["sb/kept"] < 0.6 * 4 * n
+    assert r.metrics["seconds"]["selection"] > 0
+    assert r.metrics["final_test_error"] < 0.3
+    assert "sb/kept_fraction" in r.curve[-1]
+
+
+def test_model_handle_checks_mode_and_device(digits_store):
+    t = Trainer(digits_store, tiny_train_cfg(**SB))
+    x = torch.randn(4, 1, 8, 8)
+    y = torch.zeros(4, dtype=torch.long)
+    assert t.ctx.model.losses(x, y).shape == (4,) and t.model.training
+    t.model.eval()
+    with pytest.raises(RuntimeError, match="eval mode between training steps"):
+        t.ctx.model.losses(x, y)
+    t.model.train()
+    t.device = torch.device("meta")
+    with pytest.raises(RuntimeError, match="model is on cpu but the trainer runs on meta"):
+        t.ctx.model.losses(x, y)
