@@ -13,61 +13,20 @@ Each model's two measurements are interleaved rep by rep; the ratio of medians i
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 
 from selectkit.config import ModelConfig
-from selectkit.models import build_model
+from selectkit.costs import measure_costs
 
 SHAPES = {"cnn": (1, 28, 28), "proxy_cnn": (1, 28, 28), "mlp": (1, 28, 28), "resnet_cifar": (3, 32, 32)}
 
 
 def measure(name: str, batch: int, reps: int, channels_last: bool, device: torch.device):
-    torch.manual_seed(0)
-    shape = SHAPES[name]
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(ModelConfig(name), shape, 10).to(device, memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch,), device=device)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def train_step():
-        model.train()
-        loss = F.cross_entropy(model(x), y, reduction="none").mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def forward():
-        model.eval()
-        with torch.inference_mode():
-            model(x)
-
-    for _ in range(3):  # warm-up: allocator, kernels
-        train_step()
-        forward()
-    sync()
-    t_train, t_fwd = [], []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        train_step()
-        sync()
-        t1 = time.perf_counter()
-        forward()
-        sync()
-        t2 = time.perf_counter()
-        t_train.append(t1 - t0)
-        t_fwd.append(t2 - t1)
-    tr, fw = statistics.median(t_train), statistics.median(t_fwd)
-    return {"model": name, "params": sum(p.numel() for p in model.parameters()), "train_step_ms": 1e3 * tr,
-            "forward_ms": 1e3 * fw, "ratio": tr / fw}
+    r = measure_costs(ModelConfig(name), SHAPES[name], 10, batch, batch, reps=reps,
+                      channels_last=channels_last, device=str(device))
+    return {"model": name, "params": r["params"], "train_step_ms": 1e3 * r["train_step_s"],
+            "forward_ms": 1e3 * r["forward_s"], "ratio": r["ratio"]}
 
 
 def main() -> None:

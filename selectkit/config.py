@@ -152,6 +152,9 @@ class TrainConfig:
     threads: Optional[int] = None  # torch intra-op threads; null keeps torch's default
     # Evaluate test error every N optimizer steps (0: at each epoch end only), and at the end.
     eval_every: int = 200
+    # Also evaluate each time this many seconds of training wall-clock have passed (0: off).
+    # Fairer than steps when methods take different numbers of steps per epoch.
+    eval_every_s: float = 0.0
     eval_batch_size: int = 1000
     log_every: int = 50  # steps between training-loss points
     checkpoint_every: int = 500  # steps between checkpoints (also at each epoch end)
@@ -178,6 +181,7 @@ class TrainConfig:
             _check(self.threads >= 1, "train.threads", self.threads, ">= 1, or null")
         for key in ("eval_every", "log_every", "checkpoint_every"):
             _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), ">= 0")
+        _check(self.eval_every_s >= 0, "train.eval_every_s", self.eval_every_s, ">= 0 seconds")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
         if self.policy == "sb":
             _check(self.sb.selection_batch_size >= self.input.batch_size, "train.sb.selection_batch_size",
@@ -205,10 +209,15 @@ class ReportConfig:
 
     baseline: str = "traditional"  # label whose final error sets the target errors
     targets: List[float] = field(default_factory=lambda: [1.1, 1.2, 1.4])
+    # Measure per-example train-step and selection-forward costs here and report modelled
+    # speedups (each run's counts times those costs) beside the measured ones.
+    modelled: bool = True
+    cost_reps: int = 20
 
     def __post_init__(self) -> None:
         _check(all(t >= 1 for t in self.targets), "report.targets", self.targets,
                "multiples of the baseline's final error, each >= 1")
+        _check(self.cost_reps >= 1, "report.cost_reps", self.cost_reps, ">= 1")
 
 
 def from_dict(cls: Type[C], values: Optional[Dict[str, Any]], section: str = "") -> C:
@@ -269,6 +278,38 @@ def load_section(path: str | Path, section: str, cls: Type[C], **overrides: Any)
     values = dict(values or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(cls, values, section)
+
+
+def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """``over`` on top of ``base``, merging nested mappings key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_train_config(path: str | Path, section: str = "train", method: Optional[str] = None,
+                      **overrides: Any) -> "TrainConfig":
+    """The ``train`` section, with ``method.<name>`` of the same params file merged on top.
+
+    Pipelines comparing methods keep their shared hyperparameters in ``train`` and only each
+    method's own knobs under ``method.<name>``, so no method is retuned by accident.
+    """
+    params = load_params(path)
+    values = params.get(section) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"params section {section!r} must be a mapping, got {values!r}")
+    if method is not None:
+        methods = params.get("method") or {}
+        if method not in methods:
+            raise ConfigError(f"--method {method!r} has no section method.{method} in {path}; "
+                              f"defined: {sorted(methods)}")
+        over = methods[method] or {}
+        if not isinstance(over, dict):
+            raise ConfigError(f"params method.{method} must be a mapping, got {over!r}")
+        values = deep_merge(values, {"label": method, **over})
+    values = deep_merge(values, {k: v for k, v in overrides.items() if v is not None})
+    return from_dict(TrainConfig, values, section)
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:

@@ -10,7 +10,31 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Dict, List, Optional, Sequence
 
-TIME_PHASES = ("data", "forward", "backward", "optimizer", "other")
+TIME_PHASES = ("data", "selection", "forward", "backward", "optimizer", "other")
+
+
+def expand_runs(patterns: Sequence[str], params: Dict[str, Any]) -> List[str]:
+    """Expand ``{seed}`` and ``{method}`` in run-directory patterns over params' lists.
+
+    Raises:
+        ValueError: a pattern names a field whose params list is missing or empty.
+    """
+    import itertools
+
+    fields = {"seed": "seeds", "method": "methods"}
+    out: List[str] = []
+    for pat in patterns:
+        used = sorted((f for f in fields if "{" + f + "}" in pat), key=lambda f: pat.index("{" + f + "}"))
+        lists = []
+        for f in used:
+            values = params.get(fields[f])
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"--runs {pat!r} uses {{{f}}} but params' {fields[f]}={values!r} "
+                                 f"is not a non-empty list")
+            lists.append(values)
+        for combo in itertools.product(*lists):
+            out.append(pat.format(**dict(zip(used, combo))))
+    return out
 
 
 def load_run(run_dir: str | Path) -> Dict[str, Any]:
@@ -35,11 +59,38 @@ def time_to_error(curve: Sequence[Dict[str, float]], target: float) -> Optional[
     return None
 
 
+def modelled_seconds(row: Dict[str, float], costs: Dict[str, float]) -> float:
+    """Noise-free time of a run up to an evaluation row: its backpropagated examples times the
+    per-example train-step cost, plus its selection forwards times the per-example forward cost."""
+    sel = row.get("sb/selection_forwarded", 0.0)
+    sel = 0.0 if sel != sel else sel  # NaN (column absent in this run) counts as none
+    return row["examples_seen"] * costs["train_per_example_s"] + sel * costs["forward_per_example_s"]
+
+
+def attach_costs(runs: List[Dict[str, Any]], reps: int = 20) -> Dict[str, Dict[str, float]]:
+    """Measure per-example costs once per distinct (model, batch sizes, mode) and attach them
+    to each run as ``run["costs"]``; returns the measurements by key."""
+    from selectkit.config import ModelConfig
+    from selectkit.costs import measure_costs
+
+    measured: Dict[str, Dict[str, float]] = {}
+    for r in runs:
+        key = json.dumps([r["model"], r["batch_size"], r["selection_batch_size"], r["selection_mode"],
+                          r["channels_last"]], sort_keys=True)
+        if key not in measured:
+            measured[key] = measure_costs(ModelConfig(r["model"]["name"], r["model"]["args"]), r["image_shape"],
+                                          r["num_classes"], r["batch_size"], r["selection_batch_size"], reps=reps,
+                                          channels_last=r["channels_last"], selection_mode=r["selection_mode"])
+        r["costs"] = measured[key]
+    return measured
+
+
 def _ms(values: List[float]) -> Dict[str, float]:
     return {"mean": mean(values), "std": stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
-def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float]) -> Dict[str, Any]:
+def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float],
+              costs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Group runs by label; compute final error, wall-clock, counts, time split and time-to-target.
 
     Target errors are multiples of the baseline label's mean final error; a method's speedup at
@@ -51,7 +102,8 @@ def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float
     if baseline not in labels:
         raise ValueError(f"report.baseline={baseline!r} matches no run; labels present: {sorted(labels)}")
     base_err = mean(r["final_test_error"] for r in labels[baseline])
-    out: Dict[str, Any] = {"baseline": baseline, "baseline_final_error": base_err, "targets": {}, "methods": {}}
+    out: Dict[str, Any] = {"baseline": baseline, "baseline_final_error": base_err, "targets": {}, "methods": {},
+                           "costs": costs or {}}
     for t in targets:
         out["targets"][f"{t:g}x"] = t * base_err
     for label, rs in labels.items():
@@ -61,20 +113,34 @@ def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float
             "train_s": _ms([r["train_s"] for r in rs]),
             "examples_forwarded": _ms([r["examples_forwarded"] for r in rs]),
             "examples_backpropagated": _ms([r["examples_backpropagated"] for r in rs]),
-            "seconds": {p: mean(r["seconds"].get(p, 0.0) for r in rs) for p in TIME_PHASES},
+            "seconds": {p: mean(r["seconds"].get(p, 0.0) for r in rs) for p in TIME_PHASES + ("sb_node",)},
             "time_to_target": {},
         }
         for key, err in out["targets"].items():
             times = [time_to_error(r["curve"], err) for r in rs]
             reached = [x for x in times if x is not None]
-            m["time_to_target"][key] = {"mean_s": mean(reached) if len(reached) == len(times) else None,
-                                        "reached": len(reached), "of": len(times)}
+            tt = {"mean_s": mean(reached) if len(reached) == len(times) else None,
+                  "reached": len(reached), "of": len(times)}
+            if all("costs" in r for r in rs):
+                mod = [_modelled_time(r, err) for r in rs]
+                tt["modelled_s"] = mean(mod) if all(x is not None for x in mod) else None
+            m["time_to_target"][key] = tt
         out["methods"][label] = m
     for label, m in out["methods"].items():
         for key, tt in m["time_to_target"].items():
-            b = out["methods"][baseline]["time_to_target"][key]["mean_s"]
-            tt["speedup"] = (b / tt["mean_s"]) if (b and tt["mean_s"]) else None
+            base = out["methods"][baseline]["time_to_target"][key]
+            tt["speedup"] = (base["mean_s"] / tt["mean_s"]) if (base["mean_s"] and tt["mean_s"]) else None
+            if "modelled_s" in tt:
+                b, t = base.get("modelled_s"), tt["modelled_s"]
+                tt["modelled_speedup"] = (b / t) if (b and t) else None
     return out
+
+
+def _modelled_time(run: Dict[str, Any], target: float) -> Optional[float]:
+    for row in run["curve"]:
+        if row["test_error"] <= target:
+            return modelled_seconds(row, run["costs"])
+    return None
 
 
 def _pct(d: Dict[str, float]) -> str:
@@ -93,18 +159,30 @@ def markdown(summary: Dict[str, Any]) -> str:
                  f"{m['examples_forwarded']['mean'] / 1e6:.3f} M", f"{m['examples_backpropagated']['mean'] / 1e6:.3f} M"]
         for k in keys:
             tt = m["time_to_target"][k]
-            cells.append("not reached" if tt["mean_s"] is None else
-                         f"{tt['mean_s']:.1f} s ({tt['speedup']:.2f}x)" if tt["speedup"] else f"{tt['mean_s']:.1f} s")
+            if tt["mean_s"] is None:
+                cell = f"not reached ({tt['reached']}/{tt['of']} seeds)"
+            else:
+                cell = f"{tt['mean_s']:.1f} s" + (f" ({tt['speedup']:.2f}x)" if tt["speedup"] else "")
+                if tt.get("modelled_speedup"):
+                    cell += f", modelled {tt['modelled_speedup']:.2f}x"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     targets = ", ".join(f"{k} = {100 * v:.2f} %" for k, v in summary["targets"].items())
     lines.append("")
     lines.append(f"Targets are multiples of {summary['baseline']}'s mean final error "
-                 f"({100 * summary['baseline_final_error']:.2f} %): {targets}. Wall-clock excludes evaluation.")
+                 f"({100 * summary['baseline_final_error']:.2f} %): {targets}. Wall-clock excludes evaluation. "
+                 f"Speedups are against {summary['baseline']}'s time to the same target; 'modelled' "
+                 f"counts each run's backpropagated examples and selection forwards at per-example "
+                 f"costs measured in the report stage (train step / forward = "
+                 + ", ".join(f"{c['ratio']:.2f}" for c in summary.get("costs", {}).values()) + ").")
     split = []
     for label, m in summary["methods"].items():
         tot = sum(m["seconds"].values()) or 1.0
-        split.append(f"| {label} | " + " | ".join(f"{100 * m['seconds'][p] / tot:.0f} %" for p in TIME_PHASES) + " |")
-    lines += ["", "| method | " + " | ".join(TIME_PHASES) + " |", "|" + "---|" * (len(TIME_PHASES) + 1), *split]
+        split.append(f"| {label} | " + " | ".join(f"{100 * m['seconds'][p] / tot:.0f} %" for p in TIME_PHASES)
+                     + f" | {100 * m['seconds'].get('sb_node', 0.0) / tot:.1f} % |")
+    lines += ["", "Time split of training wall-clock ('SB node' is the Selective-Backprop node's own "
+              "bookkeeping, its selection forwards excluded):", "",
+              "| method | " + " | ".join(TIME_PHASES) + " | SB node |", "|" + "---|" * (len(TIME_PHASES) + 2), *split]
     return "\n".join(lines) + "\n"
 
 

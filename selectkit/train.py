@@ -344,6 +344,12 @@ class Trainer:
                     self.clock.seconds["data"] -= delta
                     self._carved[k] = v
 
+    def _eval_due_by_time(self) -> bool:
+        if not self.cfg.eval_every_s:
+            return False
+        last = self.p.history[-1]["wall_s"] if self.p.history else 0.0
+        return self.clock.train_s - last >= self.cfg.eval_every_s
+
     def _out_of_budget(self) -> bool:
         return self.cfg.budget_s is not None and self.clock.train_s >= self.cfg.budget_s
 
@@ -379,7 +385,7 @@ class Trainer:
                     self._carve_policy_time()
                     self._step(batch)
                     bar.update(1)
-                    if cfg.eval_every and self.p.step % cfg.eval_every == 0:
+                    if (cfg.eval_every and self.p.step % cfg.eval_every == 0) or self._eval_due_by_time():
                         self._eval_point()
                     if self._stop_reason is not None:
                         self.save()
@@ -392,7 +398,7 @@ class Trainer:
                         break
                 if self._out_of_budget():
                     break
-                if not cfg.eval_every:
+                if not cfg.eval_every and not cfg.eval_every_s:
                     self._eval_point()
                 self.save()  # epoch end: the loader sits at the end of epoch self.p.epoch
                 self.p.epoch += 1
@@ -413,4 +419,9 @@ class Trainer:
             "seconds": {k: round(v, 3) for k, v in self.clock.seconds.items()},
             "store_fingerprint": self.store.fingerprint, "device": str(self.device),
             "torch_threads": torch.get_num_threads(),
+            # what the report needs to measure this run's per-example costs (modelled speedups)
+            "model": self.model_sig, "image_shape": list(self.store.image_shape),
+            "num_classes": self.store.num_classes, "batch_size": self.cfg.input.batch_size,
+            "selection_batch_size": self.cfg.sb.selection_batch_size,
+            "selection_mode": self.cfg.sb.selection_mode, "channels_last": self.cfg.channels_last,
         }

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from selectkit.config import TrackingConfig, TrainConfig, load_section, to_dict
+from selectkit.config import TrackingConfig, load_section, load_train_config, to_dict
 from selectkit.store import Store
 from selectkit.tracking import Tracker
 from selectkit.train import Trainer
@@ -25,12 +25,13 @@ def main() -> None:
     ap.add_argument("--section", default="train", help="params section holding this run's TrainConfig")
     ap.add_argument("--store", required=True)
     ap.add_argument("--out", required=True, help="run directory to write")
+    ap.add_argument("--method", default=None, help="merge params' method.<NAME> over the section")
     ap.add_argument("--seed", type=int, default=None, help="overrides the section's seed")
     ap.add_argument("--checkpoint", default=None, help="default: .selectkit/checkpoints/<out name>.pt")
     ap.add_argument("--resume", default="auto", help="auto, never, or a checkpoint path")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_section(args.params, args.section, TrainConfig, seed=args.seed)
+    cfg = load_train_config(args.params, args.section, args.method, seed=args.seed)
     tracking = load_section(args.params, "tracking", TrackingConfig)
     store = Store(args.store)
     out = Path(args.out)

@@ -164,3 +164,59 @@ def test_sigterm_keeps_checkpoint_and_rerun_resumes(repo, digits_store):
     out, _ = proc.communicate(timeout=120)
     assert f"resumed from .selectkit/checkpoints/t.pt at step {state['step']}" in out, out
     assert proc.returncode == 130
+
+
+ONLINE_TINY = """
+data:
+  source: digits
+seeds: [0]
+methods: [traditional, sb, stale-sb]
+train:
+  model: {{name: cnn, args: {{channels: [8, 16]}}}}
+  input: {{batch_size: 64, prefetch: 1}}
+  epochs: 4
+  eval_every: 0
+  eval_every_s: 0.05
+  threads: 1
+method:
+  traditional: {{policy: traditional}}
+  sb: {{policy: sb, sb: {{beta: 2.0, selection_batch_size: 64}}}}
+  stale-sb: {{policy: sb, sb: {{beta: 2.0, selection_batch_size: 64, staleness: 3}}}}
+tracking:
+  experiment: {experiment}
+  pipeline: online-e2e
+report:
+  baseline: traditional
+  cost_reps: 2
+"""
+
+
+def test_online_pipeline_runs_every_policy(repo):
+    d, experiment = repo
+    p = d / "pipelines/online-fashion-mnist"
+    p.mkdir(parents=True)
+    shutil.copy(ROOT / "pipelines/online-fashion-mnist/dvc.yaml", p / "dvc.yaml")
+    (p / "params.yaml").write_text(ONLINE_TINY.format(experiment=experiment))
+    sh(d, "dvc", "repro", "pipelines/online-fashion-mnist/dvc.yaml")
+    n = 1438  # digits train split
+    for method in ("traditional", "sb", "stale-sb"):
+        m = json.loads((p / f"runs/{method}-0/metrics.json").read_text())
+        assert m["label"] == method and m["final_test_error"] < 0.5
+        if method == "traditional":
+            assert m["examples_backpropagated"] == 4 * n
+        else:
+            c = m["policy_counters"]
+            assert c["sb/candidates"] == 4 * n and m["examples_backpropagated"] == c["sb/kept"] < 2 * n
+            assert c["sb/selection_forwarded"] == (4 * n if method == "sb" else 2 * n)
+    summary = json.loads((p / "report/summary.json").read_text())
+    assert set(summary["methods"]) == {"traditional", "sb", "stale-sb"} and summary["costs"]
+    assert "stale-sb" in (p / "report/summary.md").read_text()
+
+    # changing an SB knob invalidates only the sb stage (the report follows once its runs change)
+    sh(d, "git", "add", "-A")
+    sh(d, "git", "commit", "-qm", "online")
+    params = (p / "params.yaml").read_text().replace("sb: {beta: 2.0, selection_batch_size: 64}}",
+                                                     "sb: {beta: 1.0, selection_batch_size: 64}}")
+    (p / "params.yaml").write_text(params)
+    status = json.loads(sh(d, "dvc", "status", "--json", "pipelines/online-fashion-mnist/dvc.yaml").stdout)
+    assert [k.split(":")[-1] for k in status] == ["train@sb-0"]

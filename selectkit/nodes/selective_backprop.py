@@ -60,7 +60,7 @@ class SelectiveBackprop(BaseNode[Batch]):
         self.rng = np.random.default_rng([seed, 0x5B])
         self.counters = counters if counters is not None else {}
         for k in ("sb/candidates", "sb/kept", "sb/selection_forwarded", "sb/stale_selected", "sb/kept_fraction",
-                  "time/selection_s"):
+                  "time/selection_s", "time/sb_node_s"):
             self.counters.setdefault(k, 0.0)
         self.counters.setdefault("sb/loss_threshold", float("nan"))
 
@@ -92,36 +92,51 @@ class SelectiveBackprop(BaseNode[Batch]):
         return (epoch - self.warmup_epochs) % self.staleness == 0
 
     def next(self) -> Batch:
-        while True:
-            batch = next(self.source)
-            epoch = int(batch["epoch"])
-            if epoch < self.warmup_epochs:
-                return batch
-            ids = batch["ids"].numpy() if isinstance(batch["ids"], torch.Tensor) else np.asarray(batch["ids"])
-            losses = self.table[ids]
-            # Fresh epochs score every candidate; stale ones only those never scored (e.g. when
-            # the candidate set grew), so every loss used belongs to its own example.
-            rows = np.arange(len(ids)) if self.is_fresh(epoch) else np.flatnonzero(np.isnan(losses))
-            if len(rows):
+        own = 0.0  # this node's own bookkeeping, excluding upstream waits and selection forwards
+        try:
+            while True:
+                batch = next(self.source)
                 t0 = time.perf_counter()
-                sel = torch.from_numpy(rows)
-                x, y = (batch["x"], batch["y"]) if len(rows) == len(ids) else (batch["x"][sel], batch["y"][sel])
-                fresh = self.scorer(x, y).numpy()
-                self._check_finite(fresh, ids[rows], epoch)
-                losses[rows] = fresh
-                self.table[ids[rows]] = fresh
-                self.counters["sb/selection_forwarded"] += len(rows)
-                self.counters["time/selection_s"] += time.perf_counter() - t0
-            self.counters["sb/stale_selected"] += len(ids) - len(rows)
-            keep = select(losses, self.window, self.beta, self.floor, self.rng)
-            self.counters["sb/candidates"] += len(ids)
-            self.counters["sb/kept"] += int(keep.sum())
-            self.counters["sb/kept_fraction"] = self.counters["sb/kept"] / self.counters["sb/candidates"]
-            self.counters["sb/loss_threshold"] = loss_threshold(self.window.current(), self.beta)
-            if keep.all():
-                return batch
-            if keep.any():
-                return take_rows(batch, np.flatnonzero(keep))
+                out, scored_s = self._process(batch)
+                own += time.perf_counter() - t0 - scored_s
+                if out is not None:
+                    return out
+        finally:
+            self.counters["time/sb_node_s"] += own
+
+    def _process(self, batch: Batch):
+        """(kept rows or None, seconds spent in selection forwards) for one candidate batch."""
+        scored_s = 0.0
+        epoch = int(batch["epoch"])
+        if epoch < self.warmup_epochs:
+            return batch, scored_s
+        ids = batch["ids"].numpy() if isinstance(batch["ids"], torch.Tensor) else np.asarray(batch["ids"])
+        losses = self.table[ids]
+        # Fresh epochs score every candidate; stale ones only those never scored (e.g. when
+        # the candidate set grew), so every loss used belongs to its own example.
+        rows = np.arange(len(ids)) if self.is_fresh(epoch) else np.flatnonzero(np.isnan(losses))
+        if len(rows):
+            t0 = time.perf_counter()
+            sel = torch.from_numpy(rows)
+            x, y = (batch["x"], batch["y"]) if len(rows) == len(ids) else (batch["x"][sel], batch["y"][sel])
+            fresh = self.scorer(x, y).numpy()
+            self._check_finite(fresh, ids[rows], epoch)
+            losses[rows] = fresh
+            self.table[ids[rows]] = fresh
+            scored_s = time.perf_counter() - t0
+            self.counters["sb/selection_forwarded"] += len(rows)
+            self.counters["time/selection_s"] += scored_s
+        self.counters["sb/stale_selected"] += len(ids) - len(rows)
+        keep = select(losses, self.window, self.beta, self.floor, self.rng)
+        self.counters["sb/candidates"] += len(ids)
+        self.counters["sb/kept"] += int(keep.sum())
+        self.counters["sb/kept_fraction"] = self.counters["sb/kept"] / self.counters["sb/candidates"]
+        self.counters["sb/loss_threshold"] = loss_threshold(self.window.current(), self.beta)
+        if keep.all():
+            return batch, scored_s
+        if keep.any():
+            return take_rows(batch, np.flatnonzero(keep)), scored_s
+        return None, scored_s
 
     def observe(self, ids: torch.Tensor, losses: torch.Tensor, step: int) -> None:
         """Loss listener: the trainer's training forward refreshes the table (and, during

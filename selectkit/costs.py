@@ -1,0 +1,76 @@
+"""Measured per-example costs of a training step and of an inference (selection) forward.
+
+Every selection speedup is bounded by these costs, so selectkit measures them on the machine
+at hand: the report stage uses them for *modelled* speedups (a run's counts times these
+costs, free of the machine's noise) and benchmarks/cost_ratio.py prints them per model.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from selectkit.config import ModelConfig
+from selectkit.models import build_model
+
+
+def measure_costs(model: ModelConfig, in_shape: Sequence[int], num_classes: int, batch: int,
+                  selection_batch: int, *, reps: int = 20, channels_last: bool = True,
+                  selection_mode: str = "eval", device: str = "cpu") -> Dict[str, Any]:
+    """Median seconds of one train step (at ``batch``) and one no-graph forward (at
+    ``selection_batch``, in ``selection_mode``), measured interleaved rep by rep.
+
+    Returns:
+        dict with ``train_step_s``, ``forward_s``, their per-example values and ``ratio``
+        (train step / forward at equal batch size, per example).
+    """
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = build_model(model, tuple(in_shape), num_classes).to(dev, memory_format=fmt)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x = torch.randn(batch, *in_shape, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, num_classes, (batch,), device=dev)
+    xs = torch.randn(selection_batch, *in_shape, device=dev).contiguous(memory_format=fmt)
+    ys = torch.randint(0, num_classes, (selection_batch,), device=dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_step():
+        net.train()
+        loss = F.cross_entropy(net(x), y, reduction="none").mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def forward():
+        net.train(selection_mode == "train")
+        with torch.inference_mode():
+            F.cross_entropy(net(xs), ys, reduction="none").cpu()
+        net.train()
+
+    for _ in range(3):
+        train_step()
+        forward()
+    t_train, t_fwd = [], []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        train_step()
+        sync()
+        t1 = time.perf_counter()
+        forward()
+        sync()
+        t_train.append(t1 - t0)
+        t_fwd.append(time.perf_counter() - t1)
+    tr, fw = statistics.median(t_train), statistics.median(t_fwd)
+    return {"train_step_s": tr, "forward_s": fw, "train_per_example_s": tr / batch,
+            "forward_per_example_s": fw / selection_batch,
+            "ratio": (tr / batch) / (fw / selection_batch), "batch": batch, "selection_batch": selection_batch,
+            "params": sum(p.numel() for p in net.parameters())}
