@@ -219,4 +219,4 @@ def test_online_pipeline_runs_every_policy(repo):
                                                      "sb: {beta: 1.0, selection_batch_size: 64}}")
     (p / "params.yaml").write_text(params)
     status = json.loads(sh(d, "dvc", "status", "--json", "pipelines/online-fashion-mnist/dvc.yaml").stdout)
-    assert [k.split(":")[-1] for k in status] == ["train@sb-0"]
+    assert [k.split(":")[-1] for k in status] == ["train@0-sb"]
