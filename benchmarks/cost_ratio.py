@@ -6,7 +6,8 @@ Every selection speedup is bounded by this ratio (skipping a backward saves at m
     python benchmarks/cost_ratio.py [--batch 128] [--reps 30] [--models cnn proxy_cnn mlp resnet_cifar]
 
 Train step = forward + per-example loss + backward + SGD step, model in train mode.
-Forward    = inference forward (eval mode, torch.inference_mode), as a selection pass runs it.
+Forward    = inference forward (eval mode, torch.inference_mode) plus per-example loss, as a
+             selection pass runs it; in fp32 and under bf16 autocast.
 Each model's two measurements are interleaved rep by rep; the ratio of medians is printed.
 """
 
@@ -25,8 +26,11 @@ SHAPES = {"cnn": (1, 28, 28), "proxy_cnn": (1, 28, 28), "mlp": (1, 28, 28), "res
 def measure(name: str, batch: int, reps: int, channels_last: bool, device: torch.device):
     r = measure_costs(ModelConfig(name), SHAPES[name], 10, batch, batch, reps=reps,
                       channels_last=channels_last, device=str(device))
+    b = measure_costs(ModelConfig(name), SHAPES[name], 10, batch, batch, reps=reps,
+                      channels_last=channels_last, device=str(device), selection_precision="bf16")
     return {"model": name, "params": r["params"], "train_step_ms": 1e3 * r["train_step_s"],
-            "forward_ms": 1e3 * r["forward_s"], "ratio": r["ratio"]}
+            "forward_ms": 1e3 * r["forward_s"], "ratio": r["ratio"], "forward_bf16_ms": 1e3 * b["forward_s"],
+            "ratio_bf16": b["ratio"]}
 
 
 def main() -> None:
@@ -40,8 +44,9 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}")
-    print("| model | params | layout | train step (ms) | forward (ms) | train step / forward |")
-    print("|---|---|---|---|---|---|")
+    print("| model | params | layout | train step (ms) | forward (ms) | train step / forward | "
+          "bf16 forward (ms) | train step / bf16 forward |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     for name in args.models:
         for cl in (True, False):
@@ -50,7 +55,8 @@ def main() -> None:
             r["layout"] = "channels_last" if cl else "NCHW"
             rows.append(r)
             print(f"| {name} | {r['params']:,} | {r['layout']} | {r['train_step_ms']:.2f} | "
-                  f"{r['forward_ms']:.2f} | {r['ratio']:.2f} |", flush=True)
+                  f"{r['forward_ms']:.2f} | {r['ratio']:.2f} | {r['forward_bf16_ms']:.2f} | "
+                  f"{r['ratio_bf16']:.2f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -109,6 +109,9 @@ class SBConfig:
     floor: float = 0.0  # minimum keep probability
     warmup_epochs: int = 0  # epochs of Traditional training before selection starts
     selection_mode: str = "eval"  # eval | train: the model's mode during selection forwards
+    # fp32 | bf16: precision of selection forwards (bf16 autocast; on CPUs with AVX512-BF16 it
+    # halves their cost, elsewhere it may be slower: measure with benchmarks/cost_ratio.py)
+    selection_precision: str = "fp32"
     staleness: int = 1  # 1 = SB; n > 1 = Stale-SB: selection forwards every n-th epoch only
 
     def __post_init__(self) -> None:
@@ -118,6 +121,7 @@ class SBConfig:
         _check(self.warmup_epochs >= 0, "train.sb.warmup_epochs", self.warmup_epochs, ">= 0")
         _check(self.staleness >= 1, "train.sb.staleness", self.staleness, ">= 1 (1 is plain SB)")
         _choice("train.sb.selection_mode", self.selection_mode, ["eval", "train"])
+        _choice("train.sb.selection_precision", self.selection_precision, ["fp32", "bf16"])
 
 
 @dataclass

@@ -20,7 +20,8 @@ from selectkit.models import build_model
 
 def measure_costs(model: ModelConfig, in_shape: Sequence[int], num_classes: int, batch: int,
                   selection_batch: int, *, reps: int = 20, channels_last: bool = True,
-                  selection_mode: str = "eval", device: str = "cpu") -> Dict[str, Any]:
+                  selection_mode: str = "eval", selection_precision: str = "fp32",
+                  device: str = "cpu") -> Dict[str, Any]:
     """Median seconds of one train step (at ``batch``) and one no-graph forward (at
     ``selection_batch``, in ``selection_mode``), measured interleaved rep by rep.
 
@@ -51,8 +52,9 @@ def measure_costs(model: ModelConfig, in_shape: Sequence[int], num_classes: int,
 
     def forward():
         net.train(selection_mode == "train")
-        with torch.inference_mode():
-            F.cross_entropy(net(xs), ys, reduction="none").cpu()
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
+                                                    enabled=selection_precision == "bf16"):
+            F.cross_entropy(net(xs).float(), ys, reduction="none").cpu()
         net.train()
 
     for _ in range(3):

@@ -74,7 +74,7 @@ def _selective_backprop(node: BaseNode, ctx: GraphContext) -> BaseNode:
     """SB / Stale-SB: score candidates, keep by CDF_R(loss) ** beta, re-batch the kept rows."""
     sb = ctx.cfg.sb
     node = SelectiveBackprop(
-        node, lambda x, y: ctx.model.losses(x, y, sb.selection_mode), len(ctx.store.train), ctx.store.fingerprint,
+        node, lambda x, y: ctx.model.losses(x, y, sb.selection_mode, sb.selection_precision), len(ctx.store.train), ctx.store.fingerprint,
         beta=sb.beta, window=sb.window, floor=sb.floor, warmup_epochs=sb.warmup_epochs,
         staleness=sb.staleness, seed=ctx.cfg.seed, counters=ctx.counters)
     ctx.listeners.append(node.observe)

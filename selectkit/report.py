@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Dict, List, Optional, Sequence
@@ -74,14 +75,28 @@ def attach_costs(runs: List[Dict[str, Any]], reps: int = 20) -> Dict[str, Dict[s
     from selectkit.costs import measure_costs
 
     measured: Dict[str, Dict[str, float]] = {}
+    keys = []
     for r in runs:
-        key = json.dumps([r["model"], r["batch_size"], r["selection_batch_size"], r["selection_mode"],
-                          r["channels_last"]], sort_keys=True)
+        precision = r.get("selection_precision", "fp32")
+        train_key = json.dumps([r["model"], r["batch_size"], r["channels_last"]], sort_keys=True)
+        key = json.dumps([r["model"], r["batch_size"], r["channels_last"], r["selection_batch_size"],
+                          r["selection_mode"], precision], sort_keys=True)
         if key not in measured:
             measured[key] = measure_costs(ModelConfig(r["model"]["name"], r["model"]["args"]), r["image_shape"],
                                           r["num_classes"], r["batch_size"], r["selection_batch_size"], reps=reps,
-                                          channels_last=r["channels_last"], selection_mode=r["selection_mode"])
-        r["costs"] = measured[key]
+                                          channels_last=r["channels_last"], selection_mode=r["selection_mode"],
+                                          selection_precision=precision)
+            measured[key]["train_key"] = train_key
+        keys.append((train_key, key))
+    # One train-step cost per model and batch (the median of its measurements), so that the
+    # baseline and the methods are modelled with the same step cost.
+    train_cost = {}
+    for tk in {t for t, _ in keys}:
+        train_cost[tk] = statistics.median(m["train_per_example_s"] for m in measured.values() if m["train_key"] == tk)
+    for r, (tk, key) in zip(runs, keys):
+        r["costs"] = {"train_per_example_s": train_cost[tk],
+                      "forward_per_example_s": measured[key]["forward_per_example_s"],
+                      "ratio": train_cost[tk] / measured[key]["forward_per_example_s"]}
     return measured
 
 

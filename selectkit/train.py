@@ -97,12 +97,14 @@ class ModelHandle:
         self._t = trainer
 
     @torch.inference_mode()
-    def losses(self, x: torch.Tensor, y: torch.Tensor, mode: str = "eval") -> torch.Tensor:
+    def losses(self, x: torch.Tensor, y: torch.Tensor, mode: str = "eval", precision: str = "fp32") -> torch.Tensor:
         """Per-example cross-entropy of the live model on (x, y), as a float32 CPU tensor.
 
         Args:
             mode: ``eval`` (BatchNorm uses running statistics) or ``train`` (batch statistics;
                 BatchNorm's running statistics are updated as in a training forward).
+            precision: ``fp32``, or ``bf16`` for a bfloat16-autocast forward (selection only
+                ranks losses, which bf16's ~1e-3 error does not disturb).
 
         Raises:
             RuntimeError: the model is not in training mode, or not on the trainer's device.
@@ -119,7 +121,8 @@ class ModelHandle:
             model.eval()
         try:
             xb = x.to(t.device, non_blocking=True).contiguous(memory_format=t.memory_format)
-            with t._autocast():
+            ctx = torch.autocast(t.device.type, dtype=torch.bfloat16) if precision == "bf16" else t._autocast()
+            with ctx:
                 logits = model(xb)
             out = F.cross_entropy(logits.float(), y.to(t.device, non_blocking=True), reduction="none")
         finally:
@@ -424,4 +427,5 @@ class Trainer:
             "num_classes": self.store.num_classes, "batch_size": self.cfg.input.batch_size,
             "selection_batch_size": self.cfg.sb.selection_batch_size,
             "selection_mode": self.cfg.sb.selection_mode, "channels_last": self.cfg.channels_last,
+            "selection_precision": self.cfg.sb.selection_precision,
         }

@@ -14,9 +14,9 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 
-def cdf(losses: np.ndarray, window: np.ndarray) -> np.ndarray:
+def cdf(losses: np.ndarray, window: np.ndarray, presorted: bool = False) -> np.ndarray:
     """Fraction of ``window`` at or below each loss (ties count as at or below)."""
-    s = np.sort(np.asarray(window, dtype=np.float64))
+    s = np.asarray(window, dtype=np.float64) if presorted else np.sort(np.asarray(window, dtype=np.float64))
     return np.searchsorted(s, np.asarray(losses, dtype=np.float64), side="right") / len(s)
 
 
@@ -25,10 +25,12 @@ def keep_probability(cdf_values: np.ndarray, beta: float, floor: float = 0.0) ->
     return np.maximum(np.asarray(cdf_values, dtype=np.float64) ** beta, floor)
 
 
-def loss_threshold(window: np.ndarray, beta: float, p: float = 0.5) -> float:
-    """The loss whose keep probability is ``p`` under the current window (a readable summary
-    of how selective the node is right now)."""
-    return float(np.quantile(np.asarray(window, dtype=np.float64), p ** (1.0 / beta)))
+def loss_threshold(sorted_window: np.ndarray, beta: float, p: float = 0.5) -> float:
+    """The loss whose keep probability is ``p`` under the current (sorted) window: the
+    ``p ** (1 / beta)`` quantile, nearest rank. A readable summary of how selective the node
+    is right now."""
+    q = p ** (1.0 / beta)
+    return float(sorted_window[min(len(sorted_window) - 1, max(0, int(np.ceil(q * len(sorted_window))) - 1))])
 
 
 class LossWindow:
@@ -40,15 +42,23 @@ class LossWindow:
         self.size = size
         self.values = np.zeros(size, dtype=np.float64)
         self.count = 0  # total losses ever pushed; the ring position is count % size
+        self._sorted: Optional[np.ndarray] = None
 
     def push(self, losses: np.ndarray) -> None:
         losses = np.asarray(losses, dtype=np.float64)[-self.size:]
         idx = (self.count + np.arange(len(losses))) % self.size
         self.values[idx] = losses
         self.count += len(losses)
+        self._sorted = None
 
     def current(self) -> np.ndarray:
         return self.values[: min(self.count, self.size)]
+
+    def sorted(self) -> np.ndarray:
+        """The window's losses in ascending order (sorted once per push)."""
+        if self._sorted is None:
+            self._sorted = np.sort(self.current())
+        return self._sorted
 
     def state(self) -> Dict[str, Any]:
         return {"values": self.values.copy(), "count": self.count, "size": self.size}
@@ -59,13 +69,14 @@ class LossWindow:
                              f"resume with the same sb.window, or start afresh")
         self.values = np.array(state["values"], dtype=np.float64)
         self.count = int(state["count"])
+        self._sorted = None
 
 
 def select(losses: np.ndarray, window: LossWindow, beta: float, floor: float,
            rng: np.random.Generator, out_p: Optional[list] = None) -> np.ndarray:
     """Push a batch of losses into the window and draw which examples to keep (a bool mask)."""
     window.push(losses)
-    p = keep_probability(cdf(losses, window.current()), beta, floor)
+    p = keep_probability(cdf(losses, window.sorted(), presorted=True), beta, floor)
     if out_p is not None:
         out_p.append(p)
     return rng.random(len(p)) < p

@@ -36,6 +36,11 @@ def take_rows(batch: Batch, rows) -> Batch:
     return out
 
 
+def slice_rows(batch: Batch, start: int, stop: int) -> Batch:
+    """Rows ``start:stop`` of every per-row field, as views (no copy)."""
+    return {k: v if k in POSITION_KEYS else v[start:stop] for k, v in batch.items()}
+
+
 def concat_rows(batches: List[Batch]) -> Batch:
     """Concatenate per-row fields; position fields come from the last batch."""
     if len(batches) == 1:
@@ -130,8 +135,8 @@ class Rebatch(BaseNode[Batch]):
         merged = concat_rows(self._buffer)
         n = self.batch_size
         rest = have - n
-        self._buffer = [take_rows(merged, np.arange(n, have))] if rest else []
-        return merged if rest == 0 else take_rows(merged, np.arange(n))
+        self._buffer = [slice_rows(merged, n, have)] if rest else []
+        return merged if rest == 0 else slice_rows(merged, 0, n)
 
     def get_state(self) -> Dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict(), self.BUFFER_KEY: list(self._buffer)}

@@ -131,7 +131,7 @@ class SelectiveBackprop(BaseNode[Batch]):
         self.counters["sb/candidates"] += len(ids)
         self.counters["sb/kept"] += int(keep.sum())
         self.counters["sb/kept_fraction"] = self.counters["sb/kept"] / self.counters["sb/candidates"]
-        self.counters["sb/loss_threshold"] = loss_threshold(self.window.current(), self.beta)
+        self.counters["sb/loss_threshold"] = loss_threshold(self.window.sorted(), self.beta)
         if keep.all():
             return batch, scored_s
         if keep.any():
