@@ -28,8 +28,13 @@ _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
 def project_root() -> Path:
-    """The DVC repo root when run by DVC (``DVC_ROOT``), else the working directory."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+    """The DVC repo root: ``DVC_ROOT`` when run by DVC, else the nearest folder above the
+    working directory holding ``.dvc/``, else the working directory. Every pipeline of a
+    repo, and stage scripts run by hand, thus share one ``mlflow.db``."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    cwd = Path.cwd().resolve()
+    return next((d for d in (cwd, *cwd.parents) if (d / ".dvc").is_dir()), cwd)
 
 
 def resolve_uri(cfg: TrackingConfig) -> str:

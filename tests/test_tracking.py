@@ -69,3 +69,8 @@ def test_tracking_uri_from_params_wins(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert resolve_uri(TrackingConfig()) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("DVC_ROOT")
+    (tmp_path / "repo" / ".dvc").mkdir(parents=True)
+    (tmp_path / "repo" / "pipelines" / "p").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo" / "pipelines" / "p")
+    assert resolve_uri(TrackingConfig()) == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
