@@ -88,19 +88,26 @@ POLICIES: Dict[str, Policy] = {
 
 
 def candidate_ids(store: Store, subset: Optional[str]) -> np.ndarray:
-    """All train ids, or the ids of a subset file (a .npy of unique train ids).
+    """All train ids, or those of a subset: an SVP subset directory (ids.npy + subset.json,
+    checked against the store's fingerprint) or a bare .npy of unique train ids.
 
     Raises:
         FileNotFoundError: the subset file is missing.
-        ValueError: ids out of range, duplicated, empty or not integers.
+        ValueError: ids out of range, duplicated, empty or not integers; a subset directory
+            selected from another store.
     """
     n = len(store.train)
     if subset is None:
         return np.arange(n, dtype=np.int64)
     p = Path(subset)
-    if not p.is_file():
+    if p.is_dir() and (p / "subset.json").is_file():
+        from selectkit.subsets import read_subset
+
+        ids, _ = read_subset(p, store)
+    elif p.is_file():
+        ids = np.load(p, allow_pickle=False)
+    else:
         raise FileNotFoundError(f"input.subset={subset!r} not found: run the stage that writes it")
-    ids = np.load(p, allow_pickle=False)
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"subset {p} must be a non-empty 1-D integer array of example ids, got "
                          f"{ids.dtype} {ids.shape}")

@@ -1,0 +1,167 @@
+"""SVP's cached artifacts: per-example proxy scores, and subsets with their provenance.
+
+A scores directory holds ``scores.npz`` (``ids`` int64 and one float32 array per metric) and
+``provenance.json`` (the proxy run, its model, the store fingerprint). A subset directory holds
+``ids.npy`` (sorted unique int64 train ids) and ``subset.json`` (store fingerprint, proxies,
+metric, rule, fraction/size, seed, ids hash). Both are written under a temporary name and
+renamed, so a crash never leaves half an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import torch
+
+from selectkit.config import ConfigError, to_dict
+from selectkit.methods import svp as svpf
+from selectkit.methods.svp import METRICS, ids_hash, uncertainty
+from selectkit.nodes.load import load_eval
+from selectkit.store import Store
+
+
+def _swap_dir(tmp: Path, out: Path) -> None:
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fresh_tmp(out: Path) -> Path:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+@torch.inference_mode()
+def score_store(model: torch.nn.Module, store: Store, device: torch.device, batch_size: int = 1000,
+                channels_last: bool = True, source: str = "proxy") -> Dict[str, np.ndarray]:
+    """Run ``model`` once over the train split (eval mode, no graph) and score every example.
+
+    Raises:
+        FloatingPointError: non-finite outputs, naming the example ids and ``source``.
+    """
+    model.eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    split, mean, std = store.train, store.meta["mean"], store.meta["std"]
+    probs = []
+    for i in range(0, len(split), batch_size):
+        b = load_eval(split, mean, std, i, min(i + batch_size, len(split)))
+        logits = model(b["x"].to(device).contiguous(memory_format=fmt)).float()
+        probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+    p = np.concatenate(probs)
+    bad = np.flatnonzero(~np.isfinite(p).all(axis=1))
+    if bad.size:
+        raise FloatingPointError(f"{source} gives non-finite outputs for example ids {bad[:10].tolist()}: "
+                                 f"retrain it (lower its lr) before scoring")
+    scores = uncertainty(p, np.asarray(split.y))
+    return {"ids": np.arange(len(split), dtype=np.int64), **{k: v.astype(np.float32) for k, v in scores.items()}}
+
+
+def write_scores(out: str | Path, scores: Dict[str, np.ndarray], provenance: Dict[str, Any]) -> None:
+    out = Path(out)
+    tmp = _fresh_tmp(out)
+    np.savez(tmp / "scores.npz", **scores)
+    (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    _swap_dir(tmp, out)
+
+
+def read_scores(path: str | Path) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """Scores and provenance of one proxy; NaN/inf scores fail naming ids and the proxy run."""
+    d = Path(path)
+    if not (d / "scores.npz").is_file() or not (d / "provenance.json").is_file():
+        raise FileNotFoundError(f"{d} holds no scores (scores.npz + provenance.json): run its score stage")
+    prov = json.loads((d / "provenance.json").read_text())
+    with np.load(d / "scores.npz") as z:
+        scores = {k: z[k] for k in z.files}
+    for m in METRICS:
+        bad = np.flatnonzero(~np.isfinite(scores[m]))
+        if bad.size:
+            raise ValueError(f"{d}: {m} scores of proxy run {prov.get('proxy_run')} are NaN/inf for example "
+                             f"ids {scores['ids'][bad[:10]].tolist()}: rerun that proxy's score stage")
+    return scores, prov
+
+
+def check_same_store(provenances: List[Dict[str, Any]], store: Store) -> None:
+    """All proxies scored the store being selected from."""
+    for p in provenances:
+        if p["store_fingerprint"] != store.fingerprint:
+            raise ValueError(f"scores of proxy run {p['proxy_run']} come from store {p['store_fingerprint']} but "
+                             f"the store is {store.fingerprint}: rerun that proxy's train and score stages")
+
+
+def write_subset(out: str | Path, ids: np.ndarray, provenance: Dict[str, Any]) -> Dict[str, Any]:
+    """Write a subset artifact; returns its full provenance (with size and ids hash)."""
+    ids = np.sort(np.asarray(ids, dtype=np.int64))
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("a subset lists each example once; got duplicated ids")
+    meta = {**provenance, "size": int(len(ids)), "ids_sha256": ids_hash(ids)}
+    out = Path(out)
+    tmp = _fresh_tmp(out)
+    np.save(tmp / "ids.npy", ids)
+    (tmp / "subset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    _swap_dir(tmp, out)
+    return meta
+
+
+def read_subset(path: str | Path, store: Store) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """A subset's ids, checked against the store it will be trained on.
+
+    Raises:
+        ValueError: made from another store (names both fingerprints and the stage to rerun),
+            or its ids do not match their recorded hash.
+    """
+    d = Path(path)
+    meta = json.loads((d / "subset.json").read_text())
+    if meta["store_fingerprint"] != store.fingerprint:
+        raise ValueError(f"subset {d} was selected from store {meta['store_fingerprint']} but training uses "
+                         f"store {store.fingerprint}: rerun the stage that wrote {d} (its score and choose "
+                         f"stages) on this store")
+    ids = np.load(d / "ids.npy", allow_pickle=False)
+    if ids_hash(ids) != meta["ids_sha256"]:
+        raise ValueError(f"subset {d}: ids.npy does not match the hash in subset.json: rerun its choose stage")
+    return ids, meta
+
+
+def choose_subset(cfg, store: Store, score_dirs) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """The subset's ids and provenance for a ChooseConfig, from the proxies' scores directories.
+
+    Raises:
+        ConfigError: a rule that does not fit the number of proxies.
+        ValueError: scores of another store or size, NaN scores (see read_scores).
+    """
+    labels = np.asarray(store.train.y)
+    n = len(labels)
+    k = svpf.count(n, cfg.fraction, cfg.size)
+    bal = labels if cfg.balance else None
+    scores, provs = [], []
+    for d in score_dirs:
+        s, p = read_scores(d)
+        if len(s["ids"]) != n:
+            raise ValueError(f"{d} scores {len(s['ids'])} examples but the store has {n}: rerun its score stage")
+        scores.append(s[cfg.metric])
+        provs.append(p)
+    check_same_store(provs, store)
+    if cfg.rule == "random":
+        ids = svpf.random_subset(n, k, cfg.seed, bal)
+    elif cfg.rule == "single":
+        if len(scores) != 1:
+            raise ConfigError(f"choose.rule='single' takes one proxy's scores, got {len(scores)}: "
+                              f"use rank_sum or alternating to combine an ensemble")
+        ids = svpf.select_single(scores[0], k, bal)
+    elif cfg.rule == "rank_sum":
+        ids = svpf.rank_sum(scores, k, bal)
+    else:
+        if cfg.balance:
+            raise ConfigError("choose.balance is not supported with rule 'alternating'")
+        ids = svpf.alternating(scores, k)
+    prov = {"store_fingerprint": store.fingerprint, "proxies": provs, **to_dict(cfg), "k": k}
+    return ids, prov

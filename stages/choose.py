@@ -1,0 +1,36 @@
+"""DVC stage `choose` (SVP): turn proxy scores into a subset artifact (never name this select.py:
+it would shadow the stdlib `select` module)."""
+
+import argparse
+import logging
+
+import numpy as np
+
+from selectkit.config import ChooseConfig, TrackingConfig, load_section, to_dict
+from selectkit.store import Store
+from selectkit.subsets import choose_subset, write_subset
+from selectkit.tracking import Tracker
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--scores", nargs="*", default=[], help="scores directories of the proxies")
+    ap.add_argument("--out", required=True, help="subset directory to write")
+    ap.add_argument("--fraction", type=float, default=None, help="overrides choose.fraction")
+    ap.add_argument("--rule", default=None, help="overrides choose.rule")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_section(args.params, "choose", ChooseConfig, fraction=args.fraction, rule=args.rule)
+    tracking = load_section(args.params, "tracking", TrackingConfig)
+    store = Store(args.store)
+    with Tracker(tracking, stage="choose").run({"choose": to_dict(cfg), "scores": list(args.scores)}) as t:
+        ids, prov = choose_subset(cfg, store, args.scores)
+        meta = write_subset(args.out, ids, prov)
+        counts = np.bincount(np.asarray(store.train.y)[ids], minlength=store.num_classes)
+        t.finish({"size": meta["size"], **{f"class_{c}": int(v) for c, v in enumerate(counts)}})
+
+
+if __name__ == "__main__":
+    main()
