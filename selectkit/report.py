@@ -15,23 +15,24 @@ TIME_PHASES = ("data", "selection", "forward", "backward", "optimizer", "other")
 
 
 def expand_runs(patterns: Sequence[str], params: Dict[str, Any]) -> List[str]:
-    """Expand ``{seed}`` and ``{method}`` in run-directory patterns over params' lists.
+    """Expand ``{name}`` fields in path patterns over the params list ``<name>s``
+    (``{seed}`` over ``seeds``, ``{method}`` over ``methods``, ``{proxy_seed}`` over
+    ``proxy_seeds``, ...), fields varying left to right.
 
     Raises:
         ValueError: a pattern names a field whose params list is missing or empty.
     """
     import itertools
+    import string
 
-    fields = {"seed": "seeds", "method": "methods"}
     out: List[str] = []
     for pat in patterns:
-        used = sorted((f for f in fields if "{" + f + "}" in pat), key=lambda f: pat.index("{" + f + "}"))
+        used = list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(pat) if f))
         lists = []
         for f in used:
-            values = params.get(fields[f])
+            values = params.get(f + "s")
             if not isinstance(values, list) or not values:
-                raise ValueError(f"--runs {pat!r} uses {{{f}}} but params' {fields[f]}={values!r} "
-                                 f"is not a non-empty list")
+                raise ValueError(f"{pat!r} uses {{{f}}} but params' {f}s={values!r} is not a non-empty list")
             lists.append(values)
         for combo in itertools.product(*lists):
             out.append(pat.format(**dict(zip(used, combo))))

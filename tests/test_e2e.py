@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -220,3 +221,64 @@ def test_online_pipeline_runs_every_policy(repo):
     (p / "params.yaml").write_text(params)
     status = json.loads(sh(d, "dvc", "status", "--json", "pipelines/online-fashion-mnist/dvc.yaml").stdout)
     assert [k.split(":")[-1] for k in status] == ["train@0-sb"]
+
+
+SVP_TINY = """
+data:
+  source: digits
+proxy_seeds: [0, 1]
+seeds: [0]
+kinds: [svp, random]
+fractions: [0.5]
+proxy:
+  model: {{name: mlp, args: {{hidden: [16]}}}}
+  epochs: 1
+  input: {{batch_size: 64, prefetch: 1}}
+  eval_every: 0
+  threads: 1
+score:
+  batch_size: 500
+choose:
+  metric: entropy
+  rule: rank_sum
+target:
+  model: {{name: mlp, args: {{hidden: [32]}}}}
+  lr: 0.1
+  input: {{batch_size: 64, prefetch: 1}}
+  epochs: 2
+  eval_every: 5
+  threads: 1
+tracking:
+  experiment: {experiment}
+  pipeline: svp-e2e
+report:
+  baseline: full
+  targets: [1.1, 1.2]
+  modelled: false
+"""
+
+
+def test_svp_pipeline_then_target_change_reruns_only_targets(repo):
+    d, experiment = repo
+    p = d / "pipelines/svp-fashion-mnist"
+    p.mkdir(parents=True)
+    shutil.copy(ROOT / "pipelines/svp-fashion-mnist/dvc.yaml", p / "dvc.yaml")
+    (p / "params.yaml").write_text(SVP_TINY.format(experiment=experiment))
+    out = sh(d, "dvc", "repro", "pipelines/svp-fashion-mnist/dvc.yaml").stdout
+    for stage in ("proxy@0", "proxy@1", "score@0", "score@1", "choose@svp-0.5", "choose@random-0.5",
+                  "target@0-svp-0.5", "target@0-random-0.5", "full@0", "report"):
+        assert f"dvc.yaml:{stage}'" in out, stage
+    sub = json.loads((p / "subsets/svp-0.5/subset.json").read_text())
+    assert sub["rule"] == "rank_sum" and len(sub["proxies"]) == 2 and sub["size"] == 719
+    m = json.loads((p / "runs/target-svp-0.5-0/metrics.json").read_text())
+    assert m["examples_backpropagated"] == 2 * 719 and m["label"] == "svp-0.5"
+    summary = json.loads((p / "report/summary.json").read_text())
+    assert set(summary["methods"]) == {"full", "svp-0.5", "random-0.5"}
+
+    sh(d, "git", "add", "-A")
+    sh(d, "git", "commit", "-qm", "svp")
+    (p / "params.yaml").write_text((p / "params.yaml").read_text().replace("  lr: 0.1\n  input: {batch_size: 64, prefetch: 1}\n  epochs: 2",
+                                                                           "  lr: 0.05\n  input: {batch_size: 64, prefetch: 1}\n  epochs: 2"))
+    out = sh(d, "dvc", "repro", "pipelines/svp-fashion-mnist/dvc.yaml").stdout
+    ran = sorted(re.findall(r"Running stage '[^']*dvc\.yaml:([^']+)'", out))
+    assert ran == ["full@0", "report", "target@0-random-0.5", "target@0-svp-0.5"], out

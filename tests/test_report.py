@@ -27,6 +27,7 @@ def test_time_to_error():
 def test_expand_runs():
     params = {"seeds": [0, 1], "methods": ["a", "b"]}
     assert expand_runs(["runs/{method}-{seed}", "x"], params) == ["runs/a-0", "runs/a-1", "runs/b-0", "runs/b-1", "x"]
+    assert expand_runs(["s/p-{proxy_seed}"], {"proxy_seeds": [3, 4]}) == ["s/p-3", "s/p-4"]
     with pytest.raises(ValueError, match=r"uses \{seed\} but params' seeds=None"):
         expand_runs(["r{seed}"], {})
 
