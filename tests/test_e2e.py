@@ -266,7 +266,7 @@ def test_svp_pipeline_then_target_change_reruns_only_targets(repo):
     (p / "params.yaml").write_text(SVP_TINY.format(experiment=experiment))
     out = sh(d, "dvc", "repro", "pipelines/svp-fashion-mnist/dvc.yaml").stdout
     for stage in ("proxy@0", "proxy@1", "score@0", "score@1", "choose@svp-0.5", "choose@random-0.5",
-                  "target@0-svp-0.5", "target@0-random-0.5", "full@0", "report"):
+                  "target@0-svp-0.5", "target@0-random-0.5", "full@0", "score_full", "report"):
         assert f"dvc.yaml:{stage}'" in out, stage
     sub = json.loads((p / "subsets/svp-0.5/subset.json").read_text())
     assert sub["rule"] == "rank_sum" and len(sub["proxies"]) == 2 and sub["size"] == 719
@@ -274,6 +274,11 @@ def test_svp_pipeline_then_target_change_reruns_only_targets(repo):
     assert m["examples_backpropagated"] == 2 * 719 and m["label"] == "svp-0.5"
     summary = json.loads((p / "report/summary.json").read_text())
     assert set(summary["methods"]) == {"full", "svp-0.5", "random-0.5"}
+    svp = summary["svp"]
+    assert set(svp["spearman_with_target"]) == {"runs/proxy-0", "runs/proxy-1", "ensemble (rank sum)"}
+    assert all(-1 <= v <= 1 for v in svp["spearman_with_target"].values()) and svp["selection_cost_s"] > 0
+    assert sum(svp["class_share"]["svp-0.5"]) == pytest.approx(1.0)
+    assert "Spearman" in (p / "report/summary.md").read_text()
 
     sh(d, "git", "add", "-A")
     sh(d, "git", "commit", "-qm", "svp")
@@ -281,4 +286,4 @@ def test_svp_pipeline_then_target_change_reruns_only_targets(repo):
                                                                            "  lr: 0.05\n  input: {batch_size: 64, prefetch: 1}\n  epochs: 2"))
     out = sh(d, "dvc", "repro", "pipelines/svp-fashion-mnist/dvc.yaml").stdout
     ran = sorted(re.findall(r"Running stage '[^']*dvc\.yaml:([^']+)'", out))
-    assert ran == ["full@0", "report", "target@0-random-0.5", "target@0-svp-0.5"], out
+    assert ran == ["full@0", "report", "score_full", "target@0-random-0.5", "target@0-svp-0.5"], out
