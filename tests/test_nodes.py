@@ -3,12 +3,11 @@ import pytest
 import torch
 from torchdata.nodes import IterableWrapper, Mapper, Prefetcher
 
-from selectkit.config import ConfigError
 from selectkit.graph import GraphContext, build_input_graph, candidate_ids
 from selectkit.nodes import FilterRows, IdBatchSampler, LoadBatch, Rebatch
 
 from conftest import tiny_train_cfg
-from resume_harness import canon, check_resume, run_epoch
+from resume_harness import check_resume, run_epoch
 
 
 def test_sampler_covers_every_id_once_per_epoch():

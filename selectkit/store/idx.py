@@ -19,7 +19,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         ValueError: the file is truncated, corrupt or not IDX, naming the file and the fix.
     """
     path = Path(path)
-    fix = f"re-download or reinstall it (on Debian: apt-get install --reinstall dataset-fashion-mnist)"
+    fix = "re-download or reinstall it (on Debian: apt-get install --reinstall dataset-fashion-mnist)"
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
