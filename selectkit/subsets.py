@@ -10,8 +10,6 @@ renamed, so a crash never leaves half an artifact.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -22,23 +20,7 @@ from selectkit.config import ConfigError, to_dict
 from selectkit.methods import svp as svpf
 from selectkit.methods.svp import METRICS, ids_hash, uncertainty
 from selectkit.nodes.load import load_eval
-from selectkit.store import Store
-
-
-def _swap_dir(tmp: Path, out: Path) -> None:
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fresh_tmp(out: Path) -> Path:
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
+from selectkit.store import Store, fresh_dir, replace_dir
 
 
 @torch.inference_mode()
@@ -68,10 +50,10 @@ def score_store(model: torch.nn.Module, store: Store, device: torch.device, batc
 
 def write_scores(out: str | Path, scores: Dict[str, np.ndarray], provenance: Dict[str, Any]) -> None:
     out = Path(out)
-    tmp = _fresh_tmp(out)
+    tmp = fresh_dir(out)
     np.savez(tmp / "scores.npz", **scores)
     (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-    _swap_dir(tmp, out)
+    replace_dir(tmp, out)
 
 
 def read_scores(path: str | Path) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
@@ -105,10 +87,10 @@ def write_subset(out: str | Path, ids: np.ndarray, provenance: Dict[str, Any]) -
         raise ValueError("a subset lists each example once; got duplicated ids")
     meta = {**provenance, "size": int(len(ids)), "ids_sha256": ids_hash(ids)}
     out = Path(out)
-    tmp = _fresh_tmp(out)
+    tmp = fresh_dir(out)
     np.save(tmp / "ids.npy", ids)
     (tmp / "subset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    _swap_dir(tmp, out)
+    replace_dir(tmp, out)
     return meta
 
 

@@ -70,6 +70,13 @@ def repo(tmp_path):
     return d, experiment
 
 
+def _wait_for(condition, limit_s=120.0, poll_s=0.1):
+    """Poll ``condition`` until it holds; a bound against hangs, not a timing assertion."""
+    end = time.monotonic() + limit_s
+    while not condition() and time.monotonic() < end:
+        time.sleep(poll_s)
+
+
 def _runs(experiment):
     exp = mlflow.MlflowClient().get_experiment_by_name(experiment)
     runs = mlflow.MlflowClient().search_runs([exp.experiment_id]) if exp else []
@@ -137,9 +144,7 @@ def test_sigterm_keeps_checkpoint_and_rerun_resumes(repo, digits_store):
     args = [sys.executable, "stages/train.py", "--store", str(digits_store.root), "--out", "runs/t", "--seed", "0"]
     proc = subprocess.Popen(args, cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpt = d / ".selectkit/checkpoints/t.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+    _wait_for(lambda: ckpt.exists() or proc.poll() is not None)
     assert ckpt.exists(), proc.communicate()[0]
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -156,11 +161,7 @@ def test_sigterm_keeps_checkpoint_and_rerun_resumes(repo, digits_store):
     # rerun with fewer epochs would be another config; rerun the same config and stop it quickly
     # by resuming: it must start from the saved step, not from zero.
     proc = subprocess.Popen(args, cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if read_checkpoint(ckpt)["step"] > state["step"]:
-            break
-        time.sleep(0.2)
+    _wait_for(lambda: proc.poll() is not None or read_checkpoint(ckpt)["step"] > state["step"])
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert f"resumed from .selectkit/checkpoints/t.pt at step {state['step']}" in out, out

@@ -80,6 +80,25 @@ def _validate(src: Source) -> None:
         raise ValueError(f"train images are {src.train_x.shape[1:]} but test images {src.test_x.shape[1:]}")
 
 
+def fresh_dir(out: Path) -> Path:
+    """An empty temporary sibling of ``out`` to write an artifact into before ``replace_dir``."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished ``tmp`` directory to ``out`` by renames: readers see the old or the new
+    artifact, never half of one, and a crash before this keeps the old one."""
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_store(src: Source, out: str | Path) -> Dict[str, Any]:
     """Write a source as a store, atomically: a crash leaves any previous store untouched.
 
@@ -88,9 +107,7 @@ def write_store(src: Source, out: str | Path) -> Dict[str, Any]:
     """
     _validate(src)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_dir(out)
     arrays = {"train_x": src.train_x, "train_y": src.train_y, "test_x": src.test_x, "test_y": src.test_y}
     for name, a in arrays.items():
         np.save(tmp / f"{name}.npy", np.ascontiguousarray(a))
@@ -111,12 +128,7 @@ def write_store(src: Source, out: str | Path) -> Dict[str, Any]:
                    for s in SPLITS},
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)
     log.info("wrote store %s (fingerprint %s)", out, meta["fingerprint"])
     return meta
 
