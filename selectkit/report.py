@@ -185,12 +185,14 @@ def markdown(summary: Dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     targets = ", ".join(f"{k} = {100 * v:.2f} %" for k, v in summary["targets"].items())
     lines.append("")
-    lines.append(f"Targets are multiples of {summary['baseline']}'s mean final error "
-                 f"({100 * summary['baseline_final_error']:.2f} %): {targets}. Wall-clock excludes evaluation. "
-                 f"Speedups are against {summary['baseline']}'s time to the same target; 'modelled' "
-                 f"counts each run's backpropagated examples and selection forwards at per-example "
-                 f"costs measured in the report stage (train step / forward = "
-                 + ", ".join(f"{c['ratio']:.2f}" for c in summary.get("costs", {}).values()) + ").")
+    text = (f"Targets are multiples of {summary['baseline']}'s mean final error "
+            f"({100 * summary['baseline_final_error']:.2f} %): {targets}. Wall-clock excludes evaluation. "
+            f"Speedups are against {summary['baseline']}'s time to the same target.")
+    if summary.get("costs"):
+        text += (" 'Modelled' counts each run's backpropagated examples and selection forwards at "
+                 "per-example costs measured in the report stage (train step / forward = "
+                 + ", ".join(f"{c['ratio']:.2f}" for c in summary["costs"].values()) + ").")
+    lines.append(text)
     split = []
     for label, m in summary["methods"].items():
         tot = sum(m["seconds"].values()) or 1.0
