@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -204,6 +204,7 @@ class ScoreConfig:
     batch_size: int = 1000
     device: str = "auto"
     channels_last: bool = True
+    embeddings: bool = False     # also store the penultimate-layer embedding (float32, N x D)
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "score.batch_size", self.batch_size, ">= 1")
@@ -333,12 +334,23 @@ def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _layer(values: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """deep_merge, except that a ``model`` in ``over`` replaces the model whole (another
+    architecture's args must not inherit the section's)."""
+    merged = deep_merge(values, {k: v for k, v in over.items() if k != "model"})
+    if "model" in over:
+        merged["model"] = over["model"]
+    return merged
+
+
 def load_train_config(path: str | Path, section: str = "train", method: Optional[str] = None,
-                      **overrides: Any) -> "TrainConfig":
-    """The ``train`` section, with ``method.<name>`` of the same params file merged on top.
+                      merge: Sequence[str] = (), **overrides: Any) -> "TrainConfig":
+    """The ``train`` section, with ``method.<name>`` of the same params file merged on top,
+    then each dotted params key of ``merge`` (e.g. ``proxy_models.mlp``) in order.
 
     Pipelines comparing methods keep their shared hyperparameters in ``train`` and only each
-    method's own knobs under ``method.<name>``, so no method is retuned by accident.
+    method's own knobs under ``method.<name>``, so no method is retuned by accident; an SVP
+    ensemble over architectures keeps each member's model under ``proxy_models.<name>``.
     """
     params = load_params(path)
     values = params.get(section) or {}
@@ -352,7 +364,16 @@ def load_train_config(path: str | Path, section: str = "train", method: Optional
         over = methods[method] or {}
         if not isinstance(over, dict):
             raise ConfigError(f"params method.{method} must be a mapping, got {over!r}")
-        values = deep_merge(values, {"label": method, **over})
+        values = _layer(values, {"label": method, **over})
+    for key in merge:
+        over = params
+        for part in key.split("."):
+            if not isinstance(over, dict) or part not in over:
+                raise ConfigError(f"--merge {key!r}: {path} has no params key {key}")
+            over = over[part]
+        if not isinstance(over, dict):
+            raise ConfigError(f"params {key} must be a mapping to merge over {section}, got {over!r}")
+        values = _layer(values, over)
     values = deep_merge(values, {k: v for k, v in overrides.items() if v is not None})
     return from_dict(TrainConfig, values, section)
 

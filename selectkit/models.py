@@ -140,6 +140,17 @@ def build_model(cfg: ModelConfig, in_shape: Tuple[int, int, int], num_classes: i
         raise ConfigError(f"train.model.args={dict(cfg.args)!r} are invalid for {cfg.name!r}: {e}") from None
 
 
+def classifier(model: nn.Module) -> nn.Linear:
+    """The model's last linear layer; its input is the penultimate-layer embedding."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer: it cannot give embeddings")
+    return last
+
+
 def model_signature(cfg: ModelConfig) -> Dict[str, Any]:
     """What identifies a model's architecture in a checkpoint."""
     return {"name": cfg.name, "args": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.args.items()}}

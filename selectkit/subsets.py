@@ -1,6 +1,7 @@
 """SVP's cached artifacts: per-example proxy scores, and subsets with their provenance.
 
-A scores directory holds ``scores.npz`` (``ids`` int64 and one float32 array per metric) and
+A scores directory holds ``scores.npz`` (``ids`` int64, one float32 array per metric and,
+when asked, ``embeddings``: float32 penultimate-layer features, one row per id) and
 ``provenance.json`` (the proxy run, its model, the store fingerprint). A subset directory holds
 ``ids.npy`` (sorted unique int64 train ids) and ``subset.json`` (store fingerprint, proxies,
 metric, rule, fraction/size, seed, ids hash). Both are written under a temporary name and
@@ -19,14 +20,19 @@ import torch
 from selectkit.config import ConfigError, to_dict
 from selectkit.methods import svp as svpf
 from selectkit.methods.svp import METRICS, ids_hash, uncertainty
+from selectkit.models import classifier
 from selectkit.nodes.load import load_eval
 from selectkit.store import Store, fresh_dir, replace_dir
 
 
 @torch.inference_mode()
 def score_store(model: torch.nn.Module, store: Store, device: torch.device, batch_size: int = 1000,
-                channels_last: bool = True, source: str = "proxy") -> Dict[str, np.ndarray]:
+                channels_last: bool = True, source: str = "proxy",
+                embeddings: bool = False) -> Dict[str, np.ndarray]:
     """Run ``model`` once over the train split (eval mode, no graph) and score every example.
+
+    With ``embeddings`` the input of the model's last linear layer (the penultimate-layer
+    embedding) is kept too, as ``embeddings`` (float32, one row per id).
 
     Raises:
         FloatingPointError: non-finite outputs, naming the example ids and ``source``.
@@ -34,18 +40,29 @@ def score_store(model: torch.nn.Module, store: Store, device: torch.device, batc
     model.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     split, mean, std = store.train, store.meta["mean"], store.meta["std"]
-    probs = []
-    for i in range(0, len(split), batch_size):
-        b = load_eval(split, mean, std, i, min(i + batch_size, len(split)))
-        logits = model(b["x"].to(device).contiguous(memory_format=fmt)).float()
-        probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+    probs, embs = [], []
+    hook = None
+    if embeddings:
+        hook = classifier(model).register_forward_pre_hook(
+            lambda _m, inp: embs.append(inp[0].detach().float().flatten(1).cpu().numpy()))
+    try:
+        for i in range(0, len(split), batch_size):
+            b = load_eval(split, mean, std, i, min(i + batch_size, len(split)))
+            logits = model(b["x"].to(device).contiguous(memory_format=fmt)).float()
+            probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+    finally:
+        if hook is not None:
+            hook.remove()
     p = np.concatenate(probs)
     bad = np.flatnonzero(~np.isfinite(p).all(axis=1))
     if bad.size:
         raise FloatingPointError(f"{source} gives non-finite outputs for example ids {bad[:10].tolist()}: "
                                  f"retrain it (lower its lr) before scoring")
     scores = uncertainty(p, np.asarray(split.y))
-    return {"ids": np.arange(len(split), dtype=np.int64), **{k: v.astype(np.float32) for k, v in scores.items()}}
+    out = {"ids": np.arange(len(split), dtype=np.int64), **{k: v.astype(np.float32) for k, v in scores.items()}}
+    if embeddings:
+        out["embeddings"] = np.concatenate(embs).astype(np.float32)
+    return out
 
 
 def write_scores(out: str | Path, scores: Dict[str, np.ndarray], provenance: Dict[str, Any]) -> None:

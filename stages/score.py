@@ -42,7 +42,8 @@ def main() -> None:
     proxy_metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     with Tracker(tracking, stage="score").run({"score": to_dict(cfg), "proxy": str(run)}) as t:
         t0 = time.perf_counter()
-        scores = score_store(model, store, device, cfg.batch_size, cfg.channels_last, source=f"proxy run {run}")
+        scores = score_store(model, store, device, cfg.batch_size, cfg.channels_last, source=f"proxy run {run}",
+                             embeddings=cfg.embeddings)
         seconds = time.perf_counter() - t0
         write_scores(args.out, scores, {
             "proxy_run": str(run), "model": sig, "store_fingerprint": store.fingerprint,

@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--store", required=True)
     ap.add_argument("--out", required=True, help="run directory to write")
     ap.add_argument("--method", default=None, help="merge params' method.<NAME> over the section")
+    ap.add_argument("--merge", action="append", default=[], metavar="KEY",
+                    help="merge the dotted params KEY (e.g. proxy_models.mlp) over the section; repeatable")
     ap.add_argument("--seed", type=int, default=None, help="overrides the section's seed")
     ap.add_argument("--subset", default=None, help="overrides input.subset (an SVP subset directory)")
     ap.add_argument("--label", default=None, help="overrides the run's label in reports")
@@ -33,7 +35,7 @@ def main() -> None:
     ap.add_argument("--resume", default="auto", help="auto, never, or a checkpoint path")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_train_config(args.params, args.section, args.method, seed=args.seed,
+    cfg = load_train_config(args.params, args.section, args.method, args.merge, seed=args.seed,
                             input={"subset": args.subset} if args.subset else None, label=args.label)
     tracking = load_section(args.params, "tracking", TrackingConfig)
     store = Store(args.store)

@@ -1,6 +1,6 @@
 import pytest
 
-from selectkit.config import (ConfigError, DataConfig, TrainConfig, from_dict, load_params,
+from selectkit.config import (ConfigError, DataConfig, TrainConfig, from_dict, load_params, load_train_config,
                               load_section)
 
 
@@ -69,3 +69,17 @@ def test_overrides_apply_on_top(tmp_path):
     p.write_text("train:\n  seed: 1\n")
     assert load_section(p, "train", TrainConfig, seed=7).seed == 7
     assert load_section(p, "train", TrainConfig, seed=None).seed == 1
+
+
+def test_method_then_merge_keys_layer_over_the_section(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("proxy:\n  epochs: 2\n  lr: 0.1\n  model: {name: cnn, args: {channels: [8, 16]}}\n"
+                 "method:\n  fast: {lr: 0.2}\n"
+                 "proxy_models:\n  mlp: {model: {name: mlp, args: {hidden: [16]}}}\n  bad: 3\n")
+    cfg = load_train_config(p, "proxy", "fast", ["proxy_models.mlp"], seed=4)
+    assert (cfg.epochs, cfg.lr, cfg.seed, cfg.label) == (2, 0.2, 4, "fast")
+    assert cfg.model.name == "mlp" and cfg.model.args == {"hidden": [16]}
+    with pytest.raises(ConfigError, match="has no params key proxy_models.resnet"):
+        load_train_config(p, "proxy", merge=["proxy_models.resnet"])
+    with pytest.raises(ConfigError, match="proxy_models.bad must be a mapping"):
+        load_train_config(p, "proxy", merge=["proxy_models.bad"])

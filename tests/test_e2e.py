@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,23 @@ train:
   epochs: 2
   eval_every: 10
   threads: 1
+proxy_archs: [small]
+proxy_seeds: [0]
+proxy:
+  epochs: 1
+  input: {{batch_size: 64, prefetch: 1}}
+  eval_every: 0
+  threads: 1
+proxy_models:
+  small: {{model: {{name: mlp, args: {{hidden: [16]}}}}}}
+score:
+  batch_size: 500
+choose:
+  metric: entropy
+  rule: single
+svp_kinds: [svp, random]
+svp_fractions: [0.5]
+svp_seeds: [0]
 tracking:
   experiment: {experiment}
   pipeline: e2e
@@ -97,14 +115,21 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
               "runs/traditional-0/curve.csv", "report/summary.md", "report/summary.json", "report/error_vs_time.png"):
         assert (d / p).is_file(), p
     runs = _by_stage(_runs(experiment))
-    assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 1, "report": 1}
+    # train: Traditional, the proxy, the SVP and random targets; score: the proxy and the all-data target
+    assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 4, "score": 2, "choose": 2, "report": 1}
     assert all(r.info.status == "FINISHED" for v in runs.values() for r in v)
-    train = runs["train"][0]
-    assert train.data.tags["dvc.stage"] == "train@0" and train.data.tags["selectkit.pipeline"] == "e2e"
+    train = [r for r in runs["train"] if r.data.tags["dvc.stage"] == "train@0"][0]
+    assert train.data.tags["selectkit.pipeline"] == "e2e"
     metrics = json.loads((d / "runs/traditional-0/metrics.json").read_text())
     assert train.data.metrics["final/final_test_error"] == pytest.approx(metrics["final_test_error"])
     summary = json.loads((d / "report/summary.json").read_text())
     assert summary["methods"]["traditional"]["final_test_error"]["mean"] == pytest.approx(metrics["final_test_error"])
+    assert set(summary["methods"]) == {"traditional", "svp-0.5", "random-0.5"}
+    assert set(summary["svp"]["spearman_with_target"]) == {"runs/proxy-small-0", "ensemble (rank sum)"}
+    sub = json.loads((d / "subsets/svp-0.5/subset.json").read_text())
+    assert sub["rule"] == "single" and sub["proxies"][0]["proxy_run"] == "runs/proxy-small-0"
+    m = json.loads((d / "runs/svp-0.5-0/metrics.json").read_text())
+    assert m["examples_backpropagated"] == 2 * sub["size"]
     shown = json.loads(sh(d, "dvc", "metrics", "show", "--json").stdout)
     assert json.dumps(shown).count(str(metrics["final_test_error"])) >= 1
     plots = sh(d, "dvc", "plots", "show", "--json").stdout
@@ -113,16 +138,17 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     # a second repro does nothing
     sh(d, "dvc", "repro")
     assert "up to date" in sh(d, "dvc", "status").stdout
-    assert len(_runs(experiment)) == 3
+    assert len(_runs(experiment)) == 10
 
-    # an experiment changing the learning rate reruns train and report only
+    # an experiment changing the target's learning rate reruns its trainings (Traditional and on
+    # the subsets), the all-data target's scores and the report; never prepare, proxy, score, choose
     sh(d, "git", "add", "-A")
     sh(d, "git", "commit", "-qm", "baseline")
     out = sh(d, "dvc", "exp", "run", "-S", "train.lr=0.05").stdout
-    assert "Running stage 'train@0'" in out and "Running stage 'report'" in out
-    assert "Running stage 'prepare'" not in out
+    ran = sorted(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == ["report", "score_full", "svp_target@0-random-0.5", "svp_target@0-svp-0.5", "train@0"], out
     runs = _by_stage(_runs(experiment))
-    assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 2, "report": 2}
+    assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 7, "score": 3, "choose": 2, "report": 2}
     assert runs["train"][-1].data.params["train.lr"] == "0.05"
 
 
@@ -227,18 +253,22 @@ def test_online_pipeline_runs_every_policy(repo):
 SVP_TINY = """
 data:
   source: digits
-proxy_seeds: [0, 1]
+proxy_archs: [wide, narrow]
+proxy_seeds: [0]
 seeds: [0]
 kinds: [svp, random]
 fractions: [0.5]
 proxy:
-  model: {{name: mlp, args: {{hidden: [16]}}}}
   epochs: 1
   input: {{batch_size: 64, prefetch: 1}}
   eval_every: 0
   threads: 1
+proxy_models:
+  wide: {{model: {{name: mlp, args: {{hidden: [32]}}}}}}
+  narrow: {{model: {{name: mlp, args: {{hidden: [8]}}}}}}
 score:
   batch_size: 500
+  embeddings: true
 choose:
   metric: entropy
   rule: rank_sum
@@ -266,7 +296,7 @@ def test_svp_pipeline_then_target_change_reruns_only_targets(repo):
     shutil.copy(ROOT / "pipelines/svp-fashion-mnist/dvc.yaml", p / "dvc.yaml")
     (p / "params.yaml").write_text(SVP_TINY.format(experiment=experiment))
     out = sh(d, "dvc", "repro", "pipelines/svp-fashion-mnist/dvc.yaml").stdout
-    for stage in ("proxy@0", "proxy@1", "score@0", "score@1", "choose@svp-0.5", "choose@random-0.5",
+    for stage in ("proxy@wide-0", "proxy@narrow-0", "score@wide-0", "score@narrow-0", "choose@svp-0.5", "choose@random-0.5",
                   "target@0-svp-0.5", "target@0-random-0.5", "full@0", "score_full", "report"):
         assert f"dvc.yaml:{stage}'" in out, stage
     sub = json.loads((p / "subsets/svp-0.5/subset.json").read_text())
@@ -276,7 +306,10 @@ def test_svp_pipeline_then_target_change_reruns_only_targets(repo):
     summary = json.loads((p / "report/summary.json").read_text())
     assert set(summary["methods"]) == {"full", "svp-0.5", "random-0.5"}
     svp = summary["svp"]
-    assert set(svp["spearman_with_target"]) == {"runs/proxy-0", "runs/proxy-1", "ensemble (rank sum)"}
+    assert set(svp["spearman_with_target"]) == {"runs/proxy-wide-0", "runs/proxy-narrow-0", "ensemble (rank sum)"}
+    assert [p["model"]["args"]["hidden"] for p in sub["proxies"]] == [[32], [8]]
+    with np.load(p / "scores/proxy-narrow-0/scores.npz") as z:
+        assert z["embeddings"].shape == (1438, 8)
     assert all(-1 <= v <= 1 for v in svp["spearman_with_target"].values()) and svp["selection_cost_s"] > 0
     assert sum(svp["class_share"]["svp-0.5"]) == pytest.approx(1.0)
     assert "Spearman" in (p / "report/summary.md").read_text()

@@ -10,6 +10,7 @@ import torch
 from selectkit.config import ChooseConfig, ConfigError, DataConfig, from_dict
 from selectkit.graph import candidate_ids
 from selectkit.store import Store, prepare
+from selectkit.nodes.load import load_eval
 from selectkit.subsets import choose_subset, read_scores, read_subset, score_store, write_scores, write_subset
 from selectkit.train import Trainer
 
@@ -35,6 +36,19 @@ def test_scores_cover_the_store_and_round_trip(proxies, digits_store):
     for m in ("least_confidence", "margin", "entropy", "loss"):
         assert s[m].dtype == np.float32 and np.isfinite(s[m]).all()
     assert prov["proxy_run"] == "p0"
+
+
+def test_embeddings_are_the_classifier_input_and_round_trip(digits_store, tmp_path):
+    m = Trainer(digits_store, tiny_train_cfg(epochs=1)).model.eval()
+    s = score_store(m, digits_store, torch.device("cpu"), 300, embeddings=True)
+    x = load_eval(digits_store.train, digits_store.meta["mean"], digits_store.meta["std"], 0, 5)["x"]
+    with torch.no_grad():
+        want = torch.flatten(m.features(x), 1).numpy()
+    assert s["embeddings"].shape == (len(digits_store.train), want.shape[1]) and s["embeddings"].dtype == np.float32
+    np.testing.assert_allclose(s["embeddings"][:5], want, rtol=1e-4, atol=1e-5)
+    assert "embeddings" not in score_store(m, digits_store, torch.device("cpu"), 300)
+    write_scores(tmp_path / "e", s, {"proxy_run": "e", "store_fingerprint": digits_store.fingerprint})
+    assert read_scores(tmp_path / "e")[0]["embeddings"].shape == s["embeddings"].shape
 
 
 def test_nan_scores_name_ids_and_proxy(proxies, tmp_path):
