@@ -125,6 +125,36 @@ class SBConfig:
 
 
 @dataclass
+class AutoAssistConfig:
+    """The AutoAssist gate (params `train.autoassist`): an assistant trained off the training
+    thread predicts which candidates are worth loading; see selectkit/nodes/autoassist.py."""
+
+    enabled: bool = False
+    # Features directory written by stages/features.py; null computes pooled pixels at start.
+    features: Optional[str] = None
+    downsample: int = 2  # pooling factor of the pixel features when computed at start
+    lr: float = 0.05  # the assistant's fixed learning rate (one step per published batch)
+    weight_decay: float = 1e-4  # L2 on the assistant's weights
+    loss_ema: float = 0.05  # EMA rate of T_k (the loss threshold) per published batch
+    accuracy_ema: float = 0.02  # EMA rate of lambda_k (the trust in the assistant) per batch
+    queue_size: int = 16  # published batches that may wait for the assistant before drops
+    worker: str = "thread"  # thread | process | inline (synchronous: deterministic, for tests)
+    shadow: bool = False  # decide and count, but pass everything (measure the assistant alone)
+    warmup_epochs: int = 0  # epochs passing everything before the gate may reject
+
+    def __post_init__(self) -> None:
+        for key in ("loss_ema", "accuracy_ema"):
+            v = getattr(self, key)
+            _check(0 < v < 1, f"train.autoassist.{key}", v, "0 < x < 1 (an EMA rate)")
+        _check(self.lr > 0, "train.autoassist.lr", self.lr, "> 0")
+        _check(self.weight_decay >= 0, "train.autoassist.weight_decay", self.weight_decay, ">= 0")
+        _check(self.queue_size >= 1, "train.autoassist.queue_size", self.queue_size, ">= 1")
+        _check(self.downsample >= 1, "train.autoassist.downsample", self.downsample, ">= 1")
+        _check(self.warmup_epochs >= 0, "train.autoassist.warmup_epochs", self.warmup_epochs, ">= 0")
+        _choice("train.autoassist.worker", self.worker, ["thread", "process", "inline"])
+
+
+@dataclass
 class TrainConfig:
     """One training run (params.yaml section `train`)."""
 
@@ -143,7 +173,10 @@ class TrainConfig:
     # The selection policy shaping the batch stream; see selectkit.graph.POLICIES.
     policy: str = "traditional"
     sb: SBConfig = field(default_factory=SBConfig)
-    # Label under which reports group this run (defaults to the policy name).
+    # The AutoAssist gate before loading; composes with any policy (e.g. sb).
+    autoassist: AutoAssistConfig = field(default_factory=AutoAssistConfig)
+    # Label under which reports group this run (defaults to the policy name, prefixed
+    # "autoassist+" with the gate on; plain "autoassist" with the traditional policy).
     label: Optional[str] = None
     epochs: int = 10  # passes over the (sub)set of candidate examples
     # Wall-clock budget of training in seconds (evaluation excluded); null = epochs only.
@@ -194,7 +227,10 @@ class TrainConfig:
             _check(self.sb.warmup_epochs < self.epochs, "train.sb.warmup_epochs", self.sb.warmup_epochs,
                    f"< train.epochs ({self.epochs}), or selection never starts")
         if self.label is None:
-            self.label = self.policy
+            if self.autoassist.enabled:
+                self.label = "autoassist" if self.policy == "traditional" else f"autoassist+{self.policy}"
+            else:
+                self.label = self.policy
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Builds the training input graph from config.
 
     IdBatchSampler(candidate ids)        (sampling and batching fused: the stream unit is a batch)
+      -> AutoAssistGate -> Rebatch       optional: drops ids before they are loaded
       -> Mapper(LoadBatch)               read rows from the memory-mapped store, augment, normalise
       -> Prefetcher                      a background thread loads ahead of the trainer
       -> PinMemory                       CUDA only
@@ -47,6 +48,7 @@ class GraphContext:
         listeners: policies append callables here to receive the trainer's per-example losses.
         counters: policies add their own counters (namespaced, e.g. ``sb/selection_forwarded``);
             the trainer logs them with its own.
+        closers: callables the trainer calls when training ends or fails (stop workers).
     """
 
     store: Store
@@ -55,6 +57,11 @@ class GraphContext:
     model: Any = None
     listeners: List[LossListener] = field(default_factory=list)
     counters: Dict[str, float] = field(default_factory=dict)
+    closers: List[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,25 @@ def _selective_backprop(node: BaseNode, ctx: GraphContext) -> BaseNode:
         staleness=sb.staleness, seed=ctx.cfg.seed, counters=ctx.counters)
     ctx.listeners.append(node.observe)
     return Rebatch(node, ctx.cfg.input.batch_size)
+
+
+def autoassist_gate(node: BaseNode, ctx: GraphContext, batch_size: int) -> BaseNode:
+    """The AutoAssist gate on a stream of id batches, re-batched to ``batch_size`` ids."""
+    from selectkit.features import features_for
+    from selectkit.nodes.autoassist import AssistantWorker, AutoAssistGate
+
+    aa = ctx.cfg.autoassist
+    features = features_for(ctx.store, aa.features, aa.downsample)
+    labels = np.asarray(ctx.store.train.y, dtype=np.int64)
+    worker = AssistantWorker(features, labels, {"lr": aa.lr, "weight_decay": aa.weight_decay,
+                                                "loss_ema": aa.loss_ema, "accuracy_ema": aa.accuracy_ema},
+                             mode=aa.worker, queue_size=aa.queue_size, counters=ctx.counters)
+    gate = AutoAssistGate(node, worker, features, labels, ctx.store.fingerprint, seed=ctx.cfg.seed,
+                          shadow=aa.shadow, warmup_epochs=aa.warmup_epochs, counters=ctx.counters)
+    ctx.listeners.append(gate.observe)
+    ctx.closers.append(worker.close)
+    ctx.closers.append(gate.refresh_counters)  # the final figures, once the worker has drained
+    return Rebatch(gate, batch_size)
 
 
 POLICIES: Dict[str, Policy] = {
@@ -130,6 +156,8 @@ def build_input_graph(ctx: GraphContext, ids: Optional[np.ndarray] = None) -> Lo
     policy = POLICIES[cfg.policy]
     node: BaseNode = IdBatchSampler(ids, policy.candidate_batch_size(cfg), seed=cfg.seed,
                                     drop_last=cfg.input.drop_last)
+    if cfg.autoassist.enabled:
+        node = autoassist_gate(node, ctx, policy.candidate_batch_size(cfg))
     node = Mapper(node, LoadBatch(store.train, store.meta["mean"], store.meta["std"],
                                   cfg.input.augment, seed=cfg.seed))
     if cfg.input.prefetch > 0:

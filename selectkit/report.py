@@ -141,6 +141,21 @@ def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float
                 mod = [_modelled_time(r, err) for r in rs]
                 tt["modelled_s"] = mean(mod) if all(x is not None for x in mod) else None
             m["time_to_target"][key] = tt
+        aa = [r.get("policy_counters", {}) for r in rs]
+        if all(c.get("aa/candidates") for c in aa):
+            m["autoassist"] = {
+                "pass_rate": mean(c["aa/passed"] / c["aa/candidates"] for c in aa),
+                "final_accuracy": mean(c["aa/accuracy"] for c in aa),
+                "final_positives": mean(c.get("aa/positives", math.nan) for c in aa),
+                "final_safeguard_rate": mean(c["aa/safeguard_rate"] for c in aa),
+                "published": mean(c["aa/published"] for c in aa),
+                "dropped": mean(c["aa/dropped"] for c in aa),
+                "nan_losses": mean(c["aa/nan_losses"] for c in aa),
+                "update_s": mean(c["aa/update_s"] for c in aa),
+                # the boss's own cost: publishing losses (the assistant learns in its worker)
+                "publish_share": mean(c["aa/publish_s"] / r["train_s"] for c, r in zip(aa, rs)),
+                "gate_share": mean(c["aa/gate_s"] / r["train_s"] for c, r in zip(aa, rs)),
+            }
         out["methods"][label] = m
     for label, m in out["methods"].items():
         for key, tt in m["time_to_target"].items():
@@ -201,7 +216,53 @@ def markdown(summary: Dict[str, Any]) -> str:
     lines += ["", "Time split of training wall-clock ('SB node' is the Selective-Backprop node's own "
               "bookkeeping, its selection forwards excluded):", "",
               "| method | " + " | ".join(TIME_PHASES) + " | SB node |", "|" + "---|" * (len(TIME_PHASES) + 2), *split]
+    aa = {label: m["autoassist"] for label, m in summary["methods"].items() if "autoassist" in m}
+    if aa:
+        lines += ["", "AutoAssist (means over seeds; accuracy, share of z = 1 and safeguard rate at the end; "
+                  "'publish' is the boss's own time handing losses over, 'gate' the gate's time in the "
+                  "loader thread, both as shares of training wall-clock):", "",
+                  "| method | pass rate | assistant accuracy | z = 1 share | safeguard rate | published | dropped "
+                  "| assistant update s | publish | gate |", "|" + "---|" * 10]
+        for label, a in aa.items():
+            lines.append(f"| {label} | {100 * a['pass_rate']:.1f} % | {100 * a['final_accuracy']:.1f} % | "
+                         f"{100 * a['final_positives']:.1f} % | {100 * a['final_safeguard_rate']:.1f} % | "
+                         f"{a['published']:.0f} | {a['dropped']:.0f} | {a['update_s']:.2f} | "
+                         f"{100 * a['publish_share']:.2f} % | {100 * a['gate_share']:.2f} % |")
     return "\n".join(lines) + "\n"
+
+
+def plot_autoassist(runs: List[Dict[str, Any]], path: str | Path) -> None:
+    """PNG of the assistant's accuracy and the safeguard rate over training wall-clock."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colours: Dict[str, Any] = {}
+    for r in runs:
+        rows = [row for row in r["curve"] if not math.isnan(row.get("aa/lambda", math.nan))]
+        if not rows:
+            continue
+        c = colours.setdefault(r["label"], f"C{len(colours)}")
+        xs = [row["wall_s"] for row in rows]
+        for ax, key in zip(axes, ("aa/accuracy", "aa/safeguard_rate")):
+            new = r["label"] not in ax.get_legend_handles_labels()[1]
+            ax.plot(xs, [100 * row[key] for row in rows], color=c, alpha=0.8, label=r["label"] if new else None)
+    for ax, title in zip(axes, ("assistant accuracy (%)", "safeguard rate 1 - lambda (%)")):
+        ax.set_xlabel("training wall-clock (s)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if colours:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no AutoAssist runs", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def plot(runs: List[Dict[str, Any]], path: str | Path, summary: Optional[Dict[str, Any]] = None) -> None:

@@ -376,6 +376,17 @@ class Trainer:
         self.model.train()
         self.clock._t = time.perf_counter()
         bar = tqdm(total=None, desc=f"train {cfg.label}", disable=None, leave=False, initial=self.p.step)
+        try:
+            self._loop(bar)
+        finally:
+            bar.close()
+            self.ctx.close()  # stop policy workers (e.g. the AutoAssist assistant), also on errors
+        self._eval_point()
+        self.save(complete=True)
+        return TrainResult(self._summary(), list(self.p.history), self.model, self.checkpoint_path)
+
+    def _loop(self, bar) -> None:
+        cfg = self.cfg
         with self._signals():
             while self.p.epoch < cfg.epochs and not self._out_of_budget():
                 it = iter(self.loader)
@@ -405,10 +416,6 @@ class Trainer:
                     self._eval_point()
                 self.save()  # epoch end: the loader sits at the end of epoch self.p.epoch
                 self.p.epoch += 1
-        bar.close()
-        self._eval_point()
-        self.save(complete=True)
-        return TrainResult(self._summary(), list(self.p.history), self.model, self.checkpoint_path)
 
     def _summary(self) -> Dict[str, Any]:
         last = self.p.history[-1]

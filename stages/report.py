@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from selectkit.config import ReportConfig, TrackingConfig, load_params, load_section, to_dict
-from selectkit.report import (attach_costs, clean_json, expand_runs, load_run, markdown, plot, summarise,
+from selectkit.report import (attach_costs, clean_json, expand_runs, load_run, markdown, plot, plot_autoassist,
+                              summarise,
                               svp_analysis, svp_markdown)
 from selectkit.store import Store
 from selectkit.tracking import Tracker, atomic_write_text
@@ -22,6 +23,8 @@ def main() -> None:
     ap.add_argument("--svp-proxies", nargs="*", default=[], help="SVP: proxies' scores dirs ({proxy_seed} expands)")
     ap.add_argument("--svp-target", default=None, help="SVP: scores dir of a target trained on all data")
     ap.add_argument("--svp-subsets", nargs="*", default=[], help="SVP: subset dirs ({kind}, {fraction} expand)")
+    ap.add_argument("--autoassist-plot", action="store_true",
+                    help="also write autoassist.png (assistant accuracy and safeguard rate over time)")
     ap.add_argument("--store", default=None, help="SVP: the store (for class distributions)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -46,7 +49,11 @@ def main() -> None:
         atomic_write_text(out / "summary.md", text)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         plot(runs, out / "error_vs_time.png", summary)
-        for name in ("summary.md", "summary.json", "error_vs_time.png"):
+        names = ["summary.md", "summary.json", "error_vs_time.png"]
+        if args.autoassist_plot:
+            plot_autoassist(runs, out / "autoassist.png")
+            names.append("autoassist.png")
+        for name in names:
             t.log_artifact(out / name)
         t.finish({"baseline_final_error": summary["baseline_final_error"]})
     print(text)

@@ -198,7 +198,7 @@ ONLINE_TINY = """
 data:
   source: digits
 seeds: [0]
-methods: [traditional, sb, stale-sb]
+methods: [traditional, sb, stale-sb, autoassist, autoassist-sb]
 train:
   model: {{name: cnn, args: {{channels: [8, 16]}}}}
   input: {{batch_size: 64, prefetch: 1}}
@@ -210,6 +210,9 @@ method:
   traditional: {{policy: traditional}}
   sb: {{policy: sb, sb: {{beta: 2.0, selection_batch_size: 64}}}}
   stale-sb: {{policy: sb, sb: {{beta: 2.0, selection_batch_size: 64, staleness: 3}}}}
+  autoassist: {{autoassist: {{enabled: true, features: data/features, accuracy_ema: 0.2}}}}
+  autoassist-sb: {{policy: sb, sb: {{beta: 2.0, selection_batch_size: 64}}, label: autoassist+sb,
+                  autoassist: {{enabled: true, features: data/features, accuracy_ema: 0.2, worker: process}}}}
 tracking:
   experiment: {experiment}
   pipeline: online-e2e
@@ -236,9 +239,21 @@ def test_online_pipeline_runs_every_policy(repo):
             c = m["policy_counters"]
             assert c["sb/candidates"] == 4 * n and m["examples_backpropagated"] == c["sb/kept"] < 2 * n
             assert c["sb/selection_forwarded"] == (4 * n if method == "sb" else 2 * n)
+    for method in ("autoassist", "autoassist-sb"):
+        m = json.loads((p / f"runs/{method}-0/metrics.json").read_text())
+        c = m["policy_counters"]
+        assert c["aa/candidates"] == 4 * n and c["aa/passed"] < 4 * n and c["aa/updates"] > 0
+        if method == "autoassist":
+            assert m["examples_forwarded"] == m["examples_backpropagated"] == c["aa/passed"]
+        else:  # rejected ids never reach SB: it scores only what the gate passed
+            assert c["sb/candidates"] == c["sb/selection_forwarded"] == c["aa/passed"]
+    curve = (p / "runs/autoassist-0/curve.csv").read_text().splitlines()[0]
+    assert "aa/accuracy" in curve and "aa/safeguard_rate" in curve
     summary = json.loads((p / "report/summary.json").read_text())
-    assert set(summary["methods"]) == {"traditional", "sb", "stale-sb"} and summary["costs"]
-    assert "stale-sb" in (p / "report/summary.md").read_text()
+    assert set(summary["methods"]) == {"traditional", "sb", "stale-sb", "autoassist", "autoassist+sb"}
+    assert summary["costs"] and 0 < summary["methods"]["autoassist"]["autoassist"]["pass_rate"] < 1
+    text = (p / "report/summary.md").read_text()
+    assert "stale-sb" in text and "safeguard rate" in text and (p / "report/autoassist.png").is_file()
 
     # changing an SB knob invalidates only the sb stage (the report follows once its runs change)
     sh(d, "git", "add", "-A")

@@ -57,6 +57,12 @@ POLICY_PARAMS = {
     "sb": {"policy": "sb", "sb": {"beta": 1.0, "selection_batch_size": 128}},
     "stale-sb": {"policy": "sb", "sb": {"beta": 1.0, "selection_batch_size": 128, "staleness": 2,
                                         "warmup_epochs": 1}},
+    # the AutoAssist gate with a synchronous assistant and no prefetch thread: deterministic
+    "autoassist": {"autoassist": {"enabled": True, "worker": "inline", "accuracy_ema": 0.2},
+                   "input": {"prefetch": 0}},
+    "autoassist+sb": {"policy": "sb", "sb": {"beta": 1.0, "selection_batch_size": 128},
+                      "autoassist": {"enabled": True, "worker": "inline", "accuracy_ema": 0.2},
+                      "input": {"prefetch": 0}},
 }
 
 
@@ -69,7 +75,8 @@ def test_every_policy_is_covered():
 @pytest.mark.parametrize("policy, where", [(p, w) for p in sorted(POLICY_PARAMS) for w in (0.1, 0.5, 0.9)]
                          + [("traditional", 23)])  # step 23 ends epoch 1 (23 batches of 64)
 def test_resume_mid_epoch_is_equivalent(digits_store, tmp_path, policy, where):
-    cfg = tiny_train_cfg(epochs=3, input={"augment": "crop_flip"}, **POLICY_PARAMS[policy])
+    params = dict(POLICY_PARAMS[policy])
+    cfg = tiny_train_cfg(epochs=3, input={"augment": "crop_flip", **params.pop("input", {})}, **params)
     ref = Trainer(digits_store, cfg)
     rec = _Recorder()
     ref.ctx.listeners.append(rec)

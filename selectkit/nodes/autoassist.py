@@ -1,0 +1,355 @@
+"""AutoAssist: a gate node before loading, driven by an assistant that learns off the training path.
+
+    IdBatchSampler -> AutoAssistGate -> Rebatch -> Mapper(LoadBatch) -> Prefetcher -> [SB] -> Loader
+                          ^  latest assistant (out queue, size 1, coalesced)
+                          |
+                   AssistantWorker (thread | process | inline)
+                          ^  (ids, losses) per step (in queue, bounded; full -> dropped, counted)
+                          |
+                   trainer's loss listener (the boss publishes after each training forward)
+
+The gate sees only example ids, their cheap features and labels: a rejected example is never
+loaded, augmented or forwarded. The boss never waits for the assistant: publishing is a
+``put_nowait``; when the queue is full the batch is dropped and counted. A failed or dead worker
+is noticed at the next gate batch or publish (within one step) and raised as
+``AssistantFailed`` with the worker's traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import time
+import traceback
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from torchdata.nodes import BaseNode
+
+from selectkit.methods.autoassist import Assistant, gate_draw, snapshot_predict
+from selectkit.nodes.filter import Batch, take_rows
+
+log = logging.getLogger(__name__)
+
+_STOP = None  # the in-queue's shutdown sentinel
+
+
+class AssistantFailed(RuntimeError):
+    """The AutoAssist assistant worker raised or died."""
+
+
+def _offer(q, item) -> None:
+    """Put ``item`` on a size-1 queue, replacing what the reader has not taken yet (coalesce)."""
+    while True:
+        try:
+            q.put_nowait(item)
+            return
+        except queue.Full:
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+
+
+def serve(in_q, out_q, features: np.ndarray, labels: np.ndarray, kwargs: Dict[str, Any],
+          state: Optional[Dict[str, Any]]) -> None:
+    """The assistant's loop (a thread's or a process's target): learn from each published batch
+    and offer the newest state to the gate. Any exception is offered as ``{"error": traceback}``
+    and re-raised."""
+    try:
+        # one BLAS thread: the assistant's products are tiny, and idle BLAS threads spinning for
+        # work would take the cores the trainer needs
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+        assistant = Assistant(features.shape[1], int(labels.max()) + 1 if len(labels) else 1, **kwargs)
+        if state is not None:
+            assistant.load_state_dict(state["assistant"])
+        update_s = float(state["update_s"]) if state is not None else 0.0
+        while True:
+            item = in_q.get()
+            if item is _STOP:
+                return
+            ids, losses = item
+            t0 = time.perf_counter()
+            ok = np.isfinite(losses)
+            ids, losses = ids[ok], losses[ok]
+            if len(ids):
+                assistant.update(np.asarray(features[ids], dtype=np.float64), labels[ids], losses)
+            update_s += time.perf_counter() - t0
+            _offer(out_q, {"assistant": assistant.state_dict(), "update_s": update_s})
+    except BaseException:
+        _offer(out_q, {"error": traceback.format_exc()})
+        raise
+
+
+class AssistantWorker:
+    """Runs ``serve`` off the training thread and talks to it through two bounded queues.
+
+    Args:
+        features: per-example features (rows = train ids).
+        labels: train labels (the assistant's per-class bias).
+        kwargs: Assistant's keyword arguments (lr, weight_decay, loss_ema, accuracy_ema).
+        mode: ``thread``, ``process`` (spawned; pickles features once at start) or ``inline``
+            (updates synchronously inside ``publish``: deterministic, for tests and debugging).
+        queue_size: capacity of the in-queue (published batches waiting for the assistant).
+        counters: the trainer's counters dict (``aa/*``).
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, kwargs: Dict[str, Any], mode: str = "thread",
+                 queue_size: int = 16, counters: Optional[Dict[str, float]] = None):
+        if mode not in ("thread", "process", "inline"):
+            raise ValueError(f"autoassist.worker={mode!r} must be thread, process or inline")
+        if queue_size < 1:
+            raise ValueError(f"autoassist.queue_size={queue_size} must be >= 1")
+        Assistant(features.shape[1], 1, **kwargs)  # validate the arguments now, not in the worker
+        self.features, self.labels, self.kwargs = features, np.asarray(labels, dtype=np.int64), kwargs
+        self.mode, self.queue_size = mode, queue_size
+        self.counters = counters if counters is not None else {}
+        self._runner: Any = None
+        self._in: Any = None
+        self._out: Any = None
+        self._inline: Optional[Assistant] = None
+        self._latest: Optional[Dict[str, Any]] = None
+        self._error: Optional[str] = None
+        self._closing = False
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None or self._inline is not None
+
+    def start(self, state: Optional[Dict[str, Any]] = None) -> None:
+        """Start (or restart from ``state``, a snapshot the gate checkpointed)."""
+        self.close()
+        self._closing, self._error, self._latest = False, None, state
+        if self.mode == "inline":
+            self._inline = Assistant(self.features.shape[1], int(self.labels.max()) + 1, **self.kwargs)
+            if state is not None:
+                self._inline.load_state_dict(state["assistant"])
+            self._update_s = float(state["update_s"]) if state is not None else 0.0
+            return
+        if self.mode == "thread":
+            self._in, self._out = queue.Queue(self.queue_size), queue.Queue(1)
+            self._runner = threading.Thread(target=self._thread_main, args=(state,), daemon=True,
+                                            name="selectkit-autoassist")
+        else:
+            ctx = mp.get_context("spawn")
+            self._in, self._out = ctx.Queue(self.queue_size), ctx.Queue(1)
+            self._runner = ctx.Process(target=serve, args=(self._in, self._out, np.asarray(self.features),
+                                                           self.labels, self.kwargs, state),
+                                       daemon=True, name="selectkit-autoassist")
+        self._runner.start()
+
+    def _thread_main(self, state) -> None:
+        try:
+            serve(self._in, self._out, self.features, self.labels, self.kwargs, state)
+        except BaseException:
+            self._error = traceback.format_exc()
+
+    # ------------------------------------------------------------------ the boss's side
+    def publish(self, ids: np.ndarray, losses: np.ndarray) -> None:
+        """Hand one trained batch to the assistant; never blocks (a full queue drops it)."""
+        self.check()
+        self.counters["aa/published"] = self.counters.get("aa/published", 0) + 1
+        if self._inline is not None:
+            t0 = time.perf_counter()
+            ok = np.isfinite(losses)
+            if ok.any():
+                self._inline.update(np.asarray(self.features[ids[ok]], dtype=np.float64), self.labels[ids[ok]],
+                                    losses[ok])
+            self._update_s += time.perf_counter() - t0
+            self._latest = {"assistant": self._inline.state_dict(), "update_s": self._update_s}
+            return
+        try:
+            self._in.put_nowait((ids, losses))
+        except queue.Full:
+            self.counters["aa/dropped"] = self.counters.get("aa/dropped", 0) + 1
+        if self.mode == "thread":
+            self.counters["aa/queue_in"] = self._in.qsize()
+
+    # ------------------------------------------------------------------ the gate's side
+    def latest(self) -> Optional[Dict[str, Any]]:
+        """The newest assistant snapshot (None before the first update)."""
+        self._drain()
+        self.check()
+        return self._latest
+
+    def _drain(self) -> None:
+        if self._out is not None:
+            while True:
+                try:
+                    item = self._out.get_nowait()
+                except queue.Empty:
+                    break
+                except (OSError, ValueError):  # queue closed under us at shutdown
+                    break
+                if "error" in item:
+                    self._error = item["error"]
+                else:
+                    self._latest = item
+
+    def check(self) -> None:
+        """Raise AssistantFailed if the worker raised or died."""
+        if self._error is not None:
+            raise AssistantFailed(f"the AutoAssist assistant worker ({self.mode}) failed; its traceback:\n"
+                                  f"{self._error}")
+        r = self._runner
+        if r is not None and not self._closing and not r.is_alive():
+            code = getattr(r, "exitcode", None)
+            # a last error it managed to send says why
+            if self._out is not None:
+                try:
+                    item = self._out.get(timeout=0.5)
+                    if "error" in item:
+                        self._error = item["error"]
+                        self.check()
+                except (queue.Empty, OSError, ValueError):
+                    pass
+            raise AssistantFailed(f"the AutoAssist assistant worker ({self.mode}) died"
+                                  + (f" with exit code {code}" if code is not None else "")
+                                  + " without reporting an error: training cannot go on with a stale gate; "
+                                  "rerun to resume from the last checkpoint")
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker and wait for it (bounded); leaves no thread or process behind."""
+        self._closing = True
+        r, self._runner, self._inline = self._runner, None, None
+        if r is None:
+            return
+        if r.is_alive():
+            try:
+                self._in.put(_STOP, timeout=timeout)
+            except queue.Full:
+                pass
+            r.join(timeout)
+        self._drain()  # keep the last state it offered (all published batches learnt)
+        if isinstance(r, mp.process.BaseProcess):
+            if r.is_alive():
+                r.terminate()
+                r.join(timeout)
+            for q in (self._in, self._out):
+                q.cancel_join_thread()
+                q.close()
+        self._in = self._out = None
+
+
+class AutoAssistGate(BaseNode[Batch]):
+    """Passes each candidate id with probability ``(1 - lambda) + lambda * g`` (see
+    selectkit.methods.autoassist); emits the passed ids of each candidate batch (empty ones are
+    skipped), for a ``Rebatch`` and the loader downstream.
+
+    Args:
+        source: a node yielding id batches (``ids``, ``epoch``, ...), e.g. IdBatchSampler.
+        worker: the AssistantWorker (started at the first reset, restarted on resume).
+        features, labels: per-example features and labels, indexed by id.
+        fingerprint: the store's fingerprint (a resumed state must match it).
+        seed: seeds the gate's draws.
+        shadow: decide and count as usual but pass everything (measures the assistant without
+            letting it change training).
+        warmup_epochs: epochs that pass everything (the reference accepts the whole first epoch).
+        counters: the trainer's counters dict (``aa/*``).
+    """
+
+    SOURCE_KEY, RNG_KEY, ASSISTANT_KEY, META_KEY = "source", "rng", "assistant", "meta"
+
+    def __init__(self, source: BaseNode[Batch], worker: AssistantWorker, features: np.ndarray, labels: np.ndarray,
+                 fingerprint: str, *, seed: int = 0, shadow: bool = False, warmup_epochs: int = 0,
+                 counters: Optional[Dict[str, float]] = None):
+        super().__init__()
+        self.source, self.worker = source, worker
+        self.features, self.labels = features, np.asarray(labels, dtype=np.int64)
+        self.fingerprint, self.shadow, self.warmup_epochs = fingerprint, shadow, warmup_epochs
+        self.rng = np.random.default_rng([seed, 0xAA])
+        self.counters = counters if counters is not None else {}
+        for k in ("aa/candidates", "aa/passed", "aa/tested", "aa/would_pass", "aa/published", "aa/dropped",
+                  "aa/update_s", "aa/gate_s", "aa/publish_s", "aa/updates", "aa/nan_losses", "aa/queue_in"):
+            self.counters.setdefault(k, 0.0)
+        for k in ("aa/lambda", "aa/safeguard_rate", "aa/accuracy", "aa/positives", "aa/threshold", "aa/pass_rate"):
+            self.counters.setdefault(k, float("nan"))
+        self._meta = {"fingerprint": fingerprint, "rows": int(features.shape[0]), "dim": int(features.shape[1])}
+
+    def reset(self, initial_state: Optional[Dict[str, Any]] = None):
+        super().reset(initial_state)
+        if initial_state is None:
+            self.source.reset(None)
+            if not self.worker.running:
+                self.worker.start(None)
+            return
+        meta = initial_state[self.META_KEY]
+        if meta != self._meta:
+            raise ValueError(f"resumed AutoAssist state was made for {meta} but this run has {self._meta}: "
+                             f"resume with the same store and features, or start afresh")
+        self.source.reset(initial_state[self.SOURCE_KEY])
+        self.rng.bit_generator.state = initial_state[self.RNG_KEY]
+        self.worker.start(initial_state[self.ASSISTANT_KEY])
+
+    def get_state(self) -> Dict[str, Any]:
+        return {self.SOURCE_KEY: self.source.state_dict(), self.RNG_KEY: self.rng.bit_generator.state,
+                self.ASSISTANT_KEY: self.worker._latest, self.META_KEY: dict(self._meta)}
+
+    def next(self) -> Batch:
+        while True:
+            batch = next(self.source)
+            t0 = time.perf_counter()
+            out = self._gate(batch)
+            self.counters["aa/gate_s"] += time.perf_counter() - t0
+            if out is not None:
+                return out
+
+    def refresh_counters(self, snap: Optional[Dict[str, Any]] = None) -> None:
+        """Copy the assistant's figures (lambda, accuracy, T_k, updates) into the counters."""
+        snap = snap if snap is not None else self.worker._latest
+        if snap is None:
+            return
+        a = snap["assistant"]
+        self.counters.update({
+            "aa/lambda": a["lam"], "aa/safeguard_rate": 1.0 - a["lam"], "aa/accuracy": a["accuracy"],
+            "aa/positives": a["positives"], "aa/threshold": a["threshold"], "aa/updates": a["updates"],
+            "aa/update_s": snap["update_s"]})
+
+    def _gate(self, batch: Batch) -> Optional[Batch]:
+        snap = self.worker.latest()
+        ids = np.asarray(batch["ids"])
+        n = len(ids)
+        c = self.counters
+        self.refresh_counters(snap)
+        if snap is not None and int(batch["epoch"]) >= self.warmup_epochs:
+            lam = float(snap["assistant"]["lam"])
+        else:
+            lam = 0.0
+        g = snapshot_predict(snap["assistant"], np.asarray(self.features[ids], dtype=np.float64),
+                             self.labels[ids]) if lam > 0 else np.zeros(n)
+        passed, tested = gate_draw(g, lam, self.rng)
+        k = int(passed.sum())
+        c["aa/candidates"] += n
+        c["aa/tested"] += int(tested.sum())
+        c["aa/would_pass"] += k
+        if self.shadow:
+            passed = np.ones(n, dtype=bool)
+            k = n
+        c["aa/passed"] += k
+        c["aa/pass_rate"] = c["aa/passed"] / c["aa/candidates"]
+        if k == n:
+            return batch
+        if k == 0:
+            return None
+        return take_rows(batch, np.flatnonzero(passed))
+
+    def observe(self, ids: torch.Tensor, losses: torch.Tensor, step: int) -> None:
+        """Loss listener (the boss): publish the trained batch's losses; NaNs are named, not learnt."""
+        t0 = time.perf_counter()
+        ids_np = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        values = losses.detach().float().cpu().numpy()
+        bad = ~np.isfinite(values)
+        if bad.any():
+            self.counters["aa/nan_losses"] += int(bad.sum())
+            log.warning("AutoAssist: non-finite losses at step %d for example ids %s are not learnt from",
+                        step, ids_np[bad][:10].tolist())
+            ids_np, values = ids_np[~bad], values[~bad]
+        if len(ids_np):
+            self.worker.publish(np.array(ids_np, dtype=np.int64), values)
+        self.counters["aa/publish_s"] += time.perf_counter() - t0

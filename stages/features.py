@@ -1,0 +1,34 @@
+"""DVC stage `features` (AutoAssist): cheap per-example features of the store's train split,
+computed once and read memory-mapped by the gate (``train.autoassist.features``)."""
+
+import argparse
+import logging
+import time
+
+from selectkit.config import TrackingConfig, load_section
+from selectkit.features import pooled_pixels, write_features
+from selectkit.store import Store
+from selectkit.tracking import Tracker
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--out", required=True, help="features directory to write")
+    ap.add_argument("--downsample", type=int, default=2, help="average-pooling factor of the pixels")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    tracking = load_section(args.params, "tracking", TrackingConfig)
+    store = Store(args.store)
+    with Tracker(tracking, stage="features").run({"features": {"kind": "pooled_pixels",
+                                                               "downsample": args.downsample}}) as t:
+        t0 = time.perf_counter()
+        feats = pooled_pixels(store, args.downsample)
+        write_features(args.out, feats, {"store_fingerprint": store.fingerprint, "kind": "pooled_pixels",
+                                         "downsample": args.downsample})
+        t.finish({"features_s": time.perf_counter() - t0, "rows": feats.shape[0], "dim": feats.shape[1]})
+
+
+if __name__ == "__main__":
+    main()
