@@ -141,8 +141,11 @@ class AutoAssistConfig:
     worker: str = "thread"  # thread | process | inline (synchronous: deterministic, for tests)
     shadow: bool = False  # decide and count, but pass everything (measure the assistant alone)
     warmup_epochs: int = 0  # epochs passing everything before the gate may reject
+    # Cap on lambda_k: the safeguard rate never falls below 1 - max_lambda (1.0: the paper's rule).
+    max_lambda: float = 1.0
 
     def __post_init__(self) -> None:
+        _check(0 <= self.max_lambda <= 1, "train.autoassist.max_lambda", self.max_lambda, "0 <= x <= 1")
         for key in ("loss_ema", "accuracy_ema"):
             v = getattr(self, key)
             _check(0 < v < 1, f"train.autoassist.{key}", v, "0 < x < 1 (an EMA rate)")

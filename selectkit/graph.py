@@ -100,7 +100,8 @@ def autoassist_gate(node: BaseNode, ctx: GraphContext, batch_size: int) -> BaseN
                                                 "loss_ema": aa.loss_ema, "accuracy_ema": aa.accuracy_ema},
                              mode=aa.worker, queue_size=aa.queue_size, counters=ctx.counters)
     gate = AutoAssistGate(node, worker, features, labels, ctx.store.fingerprint, seed=ctx.cfg.seed,
-                          shadow=aa.shadow, warmup_epochs=aa.warmup_epochs, counters=ctx.counters)
+                          shadow=aa.shadow, warmup_epochs=aa.warmup_epochs, max_lambda=aa.max_lambda,
+                          counters=ctx.counters)
     ctx.listeners.append(gate.observe)
     ctx.closers.append(worker.close)
     ctx.closers.append(gate.refresh_counters)  # the final figures, once the worker has drained

@@ -123,6 +123,17 @@ def test_gate_pass_rate_on_fixed_assistant_per_class(digits_store):
     sd = np.sqrt(want * (1 - want) / seen)
     assert (np.abs(passed / seen - want) < 5 * sd).all(), (passed / seen, want)
     assert c["aa/lambda"] == lam and c["aa/safeguard_rate"] == pytest.approx(1 - lam)
+    # max_lambda caps the trust: the same assistant at lambda 0.7 gates as if at 0.4
+    gate.max_lambda = 0.4
+    seen[:] = passed[:] = 0
+    for _ in range(20):
+        gate.reset(None)
+        for b in gate:
+            passed += np.bincount(labels[b["ids"]], minlength=k)
+        seen += np.bincount(labels, minlength=k)
+    want = pass_probability(sigmoid(w[dim:]), 0.4)
+    assert (np.abs(passed / seen - want) < 5 * np.sqrt(want * (1 - want) / seen)).all()
+    assert c["aa/lambda"] == lam and c["aa/safeguard_rate"] == pytest.approx(0.6)
     gate.worker.close()
 
 

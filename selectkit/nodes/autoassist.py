@@ -251,6 +251,7 @@ class AutoAssistGate(BaseNode[Batch]):
         shadow: decide and count as usual but pass everything (measures the assistant without
             letting it change training).
         warmup_epochs: epochs that pass everything (the reference accepts the whole first epoch).
+        max_lambda: cap on the assistant's lambda (a minimum safeguard rate of ``1 - max_lambda``).
         counters: the trainer's counters dict (``aa/*``).
     """
 
@@ -258,11 +259,12 @@ class AutoAssistGate(BaseNode[Batch]):
 
     def __init__(self, source: BaseNode[Batch], worker: AssistantWorker, features: np.ndarray, labels: np.ndarray,
                  fingerprint: str, *, seed: int = 0, shadow: bool = False, warmup_epochs: int = 0,
-                 counters: Optional[Dict[str, float]] = None):
+                 max_lambda: float = 1.0, counters: Optional[Dict[str, float]] = None):
         super().__init__()
         self.source, self.worker = source, worker
         self.features, self.labels = features, np.asarray(labels, dtype=np.int64)
         self.fingerprint, self.shadow, self.warmup_epochs = fingerprint, shadow, warmup_epochs
+        self.max_lambda = max_lambda
         self.rng = np.random.default_rng([seed, 0xAA])
         self.counters = counters if counters is not None else {}
         for k in ("aa/candidates", "aa/passed", "aa/tested", "aa/would_pass", "aa/published", "aa/dropped",
@@ -307,7 +309,7 @@ class AutoAssistGate(BaseNode[Batch]):
             return
         a = snap["assistant"]
         self.counters.update({
-            "aa/lambda": a["lam"], "aa/safeguard_rate": 1.0 - a["lam"], "aa/accuracy": a["accuracy"],
+            "aa/lambda": a["lam"], "aa/safeguard_rate": 1.0 - min(a["lam"], self.max_lambda), "aa/accuracy": a["accuracy"],
             "aa/positives": a["positives"], "aa/threshold": a["threshold"], "aa/updates": a["updates"],
             "aa/update_s": snap["update_s"]})
 
@@ -318,7 +320,7 @@ class AutoAssistGate(BaseNode[Batch]):
         c = self.counters
         self.refresh_counters(snap)
         if snap is not None and int(batch["epoch"]) >= self.warmup_epochs:
-            lam = float(snap["assistant"]["lam"])
+            lam = min(float(snap["assistant"]["lam"]), self.max_lambda)
         else:
             lam = 0.0
         g = snapshot_predict(snap["assistant"], np.asarray(self.features[ids], dtype=np.float64),
