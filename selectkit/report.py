@@ -257,12 +257,7 @@ def plot_autoassist(runs: List[Dict[str, Any]], path: str | Path) -> None:
             ax.legend()
         else:
             ax.text(0.5, 0.5, "no AutoAssist runs", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path, dpi=110)
 
 
 def plot(runs: List[Dict[str, Any]], path: str | Path, summary: Optional[Dict[str, Any]] = None) -> None:
@@ -291,10 +286,17 @@ def plot(runs: List[Dict[str, Any]], path: str | Path, summary: Optional[Dict[st
     ax.set_ylabel("test error (%)")
     ax.grid(alpha=0.3)
     ax.legend()
+    _save_figure(fig, path, dpi=120)
+
+
+def _save_figure(fig, path: str | Path, dpi: int) -> None:
+    """Write a figure atomically (a temporary name, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(path)
 
