@@ -313,3 +313,16 @@ def test_features_from_the_graph_context_are_checked(digits_store, tmp_path):
     cfg = tiny_train_cfg(**_aa(features=str(tmp_path / "f")))
     with pytest.raises(ValueError, match="one row per id expected"):
         build_input_graph(GraphContext(digits_store, cfg, torch.device("cpu")))
+
+
+def test_an_svp_subset_feeds_the_gate_and_sb(digits_store, tmp_path):
+    ids = np.arange(0, len(digits_store.train), 3)
+    np.save(tmp_path / "subset.npy", ids)
+    cfg = tiny_train_cfg(epochs=2, policy="sb", sb={"beta": 1.0, "selection_batch_size": 64},
+                         input={"subset": str(tmp_path / "subset.npy")}, **_aa(accuracy_ema=0.3))
+    t = Trainer(digits_store, cfg)
+    seen = []
+    t.ctx.listeners.append(lambda i, losses, step: seen.extend(i.tolist()))
+    c = t.fit().metrics["policy_counters"]
+    assert c["aa/candidates"] == 2 * len(ids) and c["sb/candidates"] == c["aa/passed"]
+    assert set(seen) <= set(ids.tolist())
