@@ -31,7 +31,8 @@ from selectkit.nodes.selective_backprop import SelectiveBackprop
 from selectkit.store import Store
 
 
-# Called by the trainer after every training forward with (ids, per-example losses, step).
+# Called by the trainer after every training forward with (ids, per-example losses as a float32
+# CPU tensor, step).
 LossListener = Callable[[torch.Tensor, torch.Tensor, int], None]
 
 
@@ -96,7 +97,7 @@ def autoassist_gate(node: BaseNode, ctx: GraphContext, batch_size: int) -> BaseN
     aa = ctx.cfg.autoassist
     features = features_for(ctx.store, aa.features, aa.downsample)
     labels = np.asarray(ctx.store.train.y, dtype=np.int64)
-    worker = AssistantWorker(features, labels, {"lr": aa.lr, "weight_decay": aa.weight_decay,
+    worker = AssistantWorker(features, labels, ctx.store.num_classes, {"lr": aa.lr, "weight_decay": aa.weight_decay,
                                                 "loss_ema": aa.loss_ema, "accuracy_ema": aa.accuracy_ema},
                              mode=aa.worker, queue_size=aa.queue_size, counters=ctx.counters)
     gate = AutoAssistGate(node, worker, features, labels, ctx.store.fingerprint, seed=ctx.cfg.seed,

@@ -317,8 +317,10 @@ class Trainer:
             raise FloatingPointError(
                 f"non-finite training loss at step {self.p.step} (epoch {self.p.epoch}) on example ids "
                 f"{bad}: lower train.lr, or check those examples in the store")
-        for listener in self.ctx.listeners:
-            listener(batch["ids"], losses.detach(), self.p.step)
+        if self.ctx.listeners:  # one device-to-host copy, shared by every listener
+            published = losses.detach().float().cpu()
+            for listener in self.ctx.listeners:
+                listener(batch["ids"], published, self.p.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.clock.lap("backward")

@@ -84,7 +84,7 @@ def _gate(store, mode="inline", shadow=False, seed=0):
     feats = pooled_pixels(store, 2)
     labels = np.asarray(store.train.y)
     counters = {}
-    worker = AssistantWorker(feats, labels, KW, mode=mode, counters=counters)
+    worker = AssistantWorker(feats, labels, store.num_classes, KW, mode=mode, counters=counters)
     src = IdBatchSampler(np.arange(len(labels)), 64, seed=seed)
     return AutoAssistGate(src, worker, feats, labels, store.fingerprint, seed=seed, shadow=shadow,
                           counters=counters), counters
@@ -265,14 +265,15 @@ def test_nan_losses_are_named_and_not_learnt(digits_store, caplog):
     gate.observe(ids, losses, step=3)
     assert c["aa/nan_losses"] == 2
     assert "step 3 for example ids [1, 4] are not learnt from" in caplog.text
-    assert gate.worker._latest["assistant"]["learnt"] == 6
+    assert gate.worker.snapshot["assistant"]["learnt"] == 6
     gate.worker.close()
 
 
 def test_full_queue_drops_and_counts_without_blocking(digits_store):
     feats = pooled_pixels(digits_store, 2)
     counters = {}
-    worker = AssistantWorker(feats, np.asarray(digits_store.train.y), KW, mode="thread", queue_size=1,
+    worker = AssistantWorker(feats, np.asarray(digits_store.train.y), digits_store.num_classes, KW, mode="thread",
+                             queue_size=1,
                              counters=counters)
     # not started: nobody consumes, so the queue fills at once; publishing must still not block
     import queue as q

@@ -54,7 +54,30 @@ def _offer(q, item) -> None:
                 pass
 
 
-def serve(in_q, out_q, features: np.ndarray, labels: np.ndarray, kwargs: Dict[str, Any],
+class _Learner:
+    """The assistant with its feature table: learns from published batches, returns snapshots.
+
+    One implementation for every worker kind (thread, process, inline). Losses must be finite:
+    ``AutoAssistGate.observe`` names and removes non-finite ones before publishing.
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int, kwargs: Dict[str, Any],
+                 state: Optional[Dict[str, Any]]):
+        self.features, self.labels = features, labels
+        self.assistant = Assistant(features.shape[1], num_classes, **kwargs)
+        self.update_s = 0.0
+        if state is not None:
+            self.assistant.load_state_dict(state["assistant"])
+            self.update_s = float(state["update_s"])
+
+    def learn(self, ids: np.ndarray, losses: np.ndarray) -> Dict[str, Any]:
+        t0 = time.perf_counter()
+        self.assistant.update(np.asarray(self.features[ids], dtype=np.float64), self.labels[ids], losses)
+        self.update_s += time.perf_counter() - t0
+        return {"assistant": self.assistant.state_dict(), "update_s": self.update_s}
+
+
+def serve(in_q, out_q, features: np.ndarray, labels: np.ndarray, num_classes: int, kwargs: Dict[str, Any],
           state: Optional[Dict[str, Any]]) -> None:
     """The assistant's loop (a thread's or a process's target): learn from each published batch
     and offer the newest state to the gate. Any exception is offered as ``{"error": traceback}``
@@ -65,22 +88,12 @@ def serve(in_q, out_q, features: np.ndarray, labels: np.ndarray, kwargs: Dict[st
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1, user_api="blas")
-        assistant = Assistant(features.shape[1], int(labels.max()) + 1 if len(labels) else 1, **kwargs)
-        if state is not None:
-            assistant.load_state_dict(state["assistant"])
-        update_s = float(state["update_s"]) if state is not None else 0.0
+        learner = _Learner(features, labels, num_classes, kwargs, state)
         while True:
             item = in_q.get()
             if item is _STOP:
                 return
-            ids, losses = item
-            t0 = time.perf_counter()
-            ok = np.isfinite(losses)
-            ids, losses = ids[ok], losses[ok]
-            if len(ids):
-                assistant.update(np.asarray(features[ids], dtype=np.float64), labels[ids], losses)
-            update_s += time.perf_counter() - t0
-            _offer(out_q, {"assistant": assistant.state_dict(), "update_s": update_s})
+            _offer(out_q, learner.learn(*item))
     except BaseException:
         _offer(out_q, {"error": traceback.format_exc()})
         raise
@@ -92,6 +105,7 @@ class AssistantWorker:
     Args:
         features: per-example features (rows = train ids).
         labels: train labels (the assistant's per-class bias).
+        num_classes: the store's number of classes.
         kwargs: Assistant's keyword arguments (lr, weight_decay, loss_ema, accuracy_ema).
         mode: ``thread``, ``process`` (spawned; pickles features once at start) or ``inline``
             (updates synchronously inside ``publish``: deterministic, for tests and debugging).
@@ -99,23 +113,29 @@ class AssistantWorker:
         counters: the trainer's counters dict (``aa/*``).
     """
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray, kwargs: Dict[str, Any], mode: str = "thread",
-                 queue_size: int = 16, counters: Optional[Dict[str, float]] = None):
+    def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int, kwargs: Dict[str, Any],
+                 mode: str = "thread", queue_size: int = 16, counters: Optional[Dict[str, float]] = None):
         if mode not in ("thread", "process", "inline"):
             raise ValueError(f"autoassist.worker={mode!r} must be thread, process or inline")
         if queue_size < 1:
             raise ValueError(f"autoassist.queue_size={queue_size} must be >= 1")
-        Assistant(features.shape[1], 1, **kwargs)  # validate the arguments now, not in the worker
+        Assistant(features.shape[1], num_classes, **kwargs)  # validate the arguments now, not in the worker
         self.features, self.labels, self.kwargs = features, np.asarray(labels, dtype=np.int64), kwargs
+        self.num_classes = num_classes
         self.mode, self.queue_size = mode, queue_size
         self.counters = counters if counters is not None else {}
         self._runner: Any = None
         self._in: Any = None
         self._out: Any = None
-        self._inline: Optional[Assistant] = None
+        self._inline: Optional[_Learner] = None
         self._latest: Optional[Dict[str, Any]] = None
         self._error: Optional[str] = None
         self._closing = False
+
+    @property
+    def snapshot(self) -> Optional[Dict[str, Any]]:
+        """The newest snapshot taken so far (no draining, no health check): what a checkpoint holds."""
+        return self._latest
 
     @property
     def running(self) -> bool:
@@ -126,10 +146,7 @@ class AssistantWorker:
         self.close()
         self._closing, self._error, self._latest = False, None, state
         if self.mode == "inline":
-            self._inline = Assistant(self.features.shape[1], int(self.labels.max()) + 1, **self.kwargs)
-            if state is not None:
-                self._inline.load_state_dict(state["assistant"])
-            self._update_s = float(state["update_s"]) if state is not None else 0.0
+            self._inline = _Learner(self.features, self.labels, self.num_classes, self.kwargs, state)
             return
         if self.mode == "thread":
             self._in, self._out = queue.Queue(self.queue_size), queue.Queue(1)
@@ -139,29 +156,23 @@ class AssistantWorker:
             ctx = mp.get_context("spawn")
             self._in, self._out = ctx.Queue(self.queue_size), ctx.Queue(1)
             self._runner = ctx.Process(target=serve, args=(self._in, self._out, np.asarray(self.features),
-                                                           self.labels, self.kwargs, state),
+                                                           self.labels, self.num_classes, self.kwargs, state),
                                        daemon=True, name="selectkit-autoassist")
         self._runner.start()
 
     def _thread_main(self, state) -> None:
         try:
-            serve(self._in, self._out, self.features, self.labels, self.kwargs, state)
+            serve(self._in, self._out, self.features, self.labels, self.num_classes, self.kwargs, state)
         except BaseException:
             self._error = traceback.format_exc()
 
     # ------------------------------------------------------------------ the boss's side
     def publish(self, ids: np.ndarray, losses: np.ndarray) -> None:
-        """Hand one trained batch to the assistant; never blocks (a full queue drops it)."""
+        """Hand one trained batch (finite losses) to the assistant; never blocks (a full queue drops it)."""
         self.check()
         self.counters["aa/published"] = self.counters.get("aa/published", 0) + 1
         if self._inline is not None:
-            t0 = time.perf_counter()
-            ok = np.isfinite(losses)
-            if ok.any():
-                self._inline.update(np.asarray(self.features[ids[ok]], dtype=np.float64), self.labels[ids[ok]],
-                                    losses[ok])
-            self._update_s += time.perf_counter() - t0
-            self._latest = {"assistant": self._inline.state_dict(), "update_s": self._update_s}
+            self._latest = self._inline.learn(ids, losses)
             return
         try:
             self._in.put_nowait((ids, losses))
@@ -203,11 +214,12 @@ class AssistantWorker:
             if self._out is not None:
                 try:
                     item = self._out.get(timeout=0.5)
-                    if "error" in item:
-                        self._error = item["error"]
-                        self.check()
                 except (queue.Empty, OSError, ValueError):
-                    pass
+                    item = {}
+                if "error" in item:
+                    self._error = item["error"]
+                    raise AssistantFailed(f"the AutoAssist assistant worker ({self.mode}) failed; its "
+                                          f"traceback:\n{self._error}")
             raise AssistantFailed(f"the AutoAssist assistant worker ({self.mode}) died"
                                   + (f" with exit code {code}" if code is not None else "")
                                   + " without reporting an error: training cannot go on with a stale gate; "
@@ -291,7 +303,7 @@ class AutoAssistGate(BaseNode[Batch]):
 
     def get_state(self) -> Dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict(), self.RNG_KEY: self.rng.bit_generator.state,
-                self.ASSISTANT_KEY: self.worker._latest, self.META_KEY: dict(self._meta)}
+                self.ASSISTANT_KEY: self.worker.snapshot, self.META_KEY: dict(self._meta)}
 
     def next(self) -> Batch:
         while True:
@@ -304,7 +316,7 @@ class AutoAssistGate(BaseNode[Batch]):
 
     def refresh_counters(self, snap: Optional[Dict[str, Any]] = None) -> None:
         """Copy the assistant's figures (lambda, accuracy, T_k, updates) into the counters."""
-        snap = snap if snap is not None else self.worker._latest
+        snap = snap if snap is not None else self.worker.snapshot
         if snap is None:
             return
         a = snap["assistant"]
@@ -345,7 +357,7 @@ class AutoAssistGate(BaseNode[Batch]):
         """Loss listener (the boss): publish the trained batch's losses; NaNs are named, not learnt."""
         t0 = time.perf_counter()
         ids_np = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
-        values = losses.detach().float().cpu().numpy()
+        values = losses.numpy()  # the trainer hands listeners float32 CPU tensors
         bad = ~np.isfinite(values)
         if bad.any():
             self.counters["aa/nan_losses"] += int(bad.sum())

@@ -142,7 +142,7 @@ class SelectiveBackprop(BaseNode[Batch]):
         """Loss listener: the trainer's training forward refreshes the table (and, during
         warm-up, fills the window so the first selective epoch starts with a full history)."""
         ids_np = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
-        values = losses.float().cpu().numpy()
+        values = losses.numpy()  # the trainer hands listeners float32 CPU tensors
         self.table[ids_np] = values
         if not self.counters["sb/candidates"]:  # still in warm-up: nothing selected yet
             self.window.push(values)
