@@ -20,12 +20,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from selectkit.checkpoint import read_checkpoint
-from selectkit.config import ModelConfig
-from selectkit.features import read_features
-from selectkit.methods.autoassist import snapshot_predict
-from selectkit.models import build_model
+from selectkit.io import load_model
+from selectkit.methods.autoassist.features import read_features
+from selectkit.methods.autoassist.functions import snapshot_predict
+from selectkit.methods.svp.artifacts import score_store
 from selectkit.store import Store
-from selectkit.subsets import score_store
+from selectkit.tasks import task_for
 
 
 def find_assistant(state):
@@ -48,15 +48,12 @@ def main():
     ap.add_argument("--features", default="data/features")
     args = ap.parse_args()
     store = Store(args.store)
-    ck = torch.load(f"{args.run}/model.pt", map_location="cpu", weights_only=False)
-    model = build_model(ModelConfig(ck["model_sig"]["name"], ck["model_sig"]["args"]), store.image_shape,
-                        store.num_classes)
-    model.load_state_dict(ck["state_dict"])
-    model = model.to(memory_format=torch.channels_last)
-    losses = score_store(model, store, torch.device("cpu"))["loss"]
-    a = find_assistant(read_checkpoint(args.checkpoint)["loader"])
-    labels = np.asarray(store.train.y)
-    feats = np.asarray(read_features(args.features, store), dtype=np.float64)
+    task = task_for(store)
+    model, _ = load_model(args.run, task, torch.device("cpu"))
+    losses = score_store(model, task, torch.device("cpu"))["loss"]
+    a = find_assistant(read_checkpoint(args.checkpoint)["graph"])
+    labels = task.labels
+    feats = np.asarray(read_features(args.features, task), dtype=np.float64)
     g = snapshot_predict(a, feats, labels)
     z = losses > a["threshold"]
     class_rate = np.bincount(labels, weights=z, minlength=store.num_classes) / np.bincount(labels)

@@ -13,18 +13,18 @@ import argparse
 import json
 import statistics
 
-from selectkit.config import TrainConfig, from_dict
+from selectkit.config import train_config
 from selectkit.store import Store
 from selectkit.train import Trainer
 
 
 def run(store, worker, epochs, threads):
-    aa = {"enabled": worker != "none", "worker": worker if worker != "none" else "thread", "shadow": True}
-    cfg = from_dict(TrainConfig, {"model": {"name": "cnn", "args": {"channels": [32, 64]}}, "epochs": epochs,
-                                  "input": {"batch_size": 128, "prefetch": 2}, "eval_every": 0,
-                                  "checkpoint_every": 0, "threads": threads, "autoassist": aa}, "train")
+    methods = {} if worker == "none" else {"autoassist": {"worker": worker, "shadow": True}}
+    cfg = train_config({"model": {"name": "cnn", "args": {"channels": [32, 64]}}, "epochs": epochs,
+                        "input": {"batch_size": 128, "prefetch": 2}, "eval_every": 0,
+                        "checkpoint_every": 0, "threads": threads, "methods": methods})
     m = Trainer(store, cfg).fit().metrics
-    c = m["policy_counters"]
+    c = m["counters"]
     return {"step_ms": 1000 * m["train_s"] / m["steps"], "publish_ms": 1000 * c.get("aa/publish_s", 0) / m["steps"],
             "update_ms": 1000 * c.get("aa/update_s", 0) / max(c.get("aa/updates", 0), 1),
             "dropped": c.get("aa/dropped", 0), "updates": c.get("aa/updates", 0), "steps": m["steps"]}

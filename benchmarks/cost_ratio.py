@@ -24,9 +24,10 @@ SHAPES = {"cnn": (1, 28, 28), "proxy_cnn": (1, 28, 28), "mlp": (1, 28, 28), "res
 
 
 def measure(name: str, batch: int, reps: int, channels_last: bool, device: torch.device):
-    r = measure_costs(ModelConfig(name), SHAPES[name], 10, batch, batch, reps=reps,
+    spec = {"shape": list(SHAPES[name])}
+    r = measure_costs(ModelConfig(name), "image_classification", spec, 10, batch, batch, reps=reps,
                       channels_last=channels_last, device=str(device))
-    b = measure_costs(ModelConfig(name), SHAPES[name], 10, batch, batch, reps=reps,
+    b = measure_costs(ModelConfig(name), "image_classification", spec, 10, batch, batch, reps=reps,
                       channels_last=channels_last, device=str(device), selection_precision="bf16")
     return {"model": name, "params": r["params"], "train_step_ms": 1e3 * r["train_step_s"],
             "forward_ms": 1e3 * r["forward_s"], "ratio": r["ratio"], "forward_bf16_ms": 1e3 * b["forward_s"],

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selectkit.config import TrackingConfig, TrainConfig, from_dict
+from selectkit.config import TrackingConfig, TrainConfig, train_config
 from selectkit.models import build_model
+from selectkit.tasks import ImageSpec
 from selectkit.store import Store
 from selectkit.tracking import Tracker
 from selectkit.train import Trainer, lr_at
@@ -41,7 +42,7 @@ CFG = {"model": {"name": "cnn", "args": {"channels": [32, 64]}}, "epochs": 1, "e
 
 def plain_epoch(store: Store, cfg: TrainConfig, x_all: torch.Tensor, y_all: torch.Tensor) -> tuple:
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, store.image_shape, store.num_classes).to(memory_format=torch.channels_last)
+    model = build_model(cfg.model, ImageSpec(store.image_shape), store.num_classes).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     model.train()
@@ -103,8 +104,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
     store = Store(args.store)
-    cfg = from_dict(TrainConfig, CFG, "train")
-    cfg0 = from_dict(TrainConfig, {**CFG, "input": {**CFG["input"], "prefetch": 0}}, "train")
+    cfg = train_config(CFG, "train")
+    cfg0 = train_config({**CFG, "input": {**CFG["input"], "prefetch": 0}}, "train")
     x_all = torch.from_numpy(np.asarray(store.train.x)).float().div_(255)
     x_all = (x_all - store.meta["mean"][0]) / store.meta["std"][0]
     y_all = torch.from_numpy(np.asarray(store.train.y))

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
+
+from selectkit.io import atomic_write
 
 VERSION = 1
 
 
 def save_checkpoint(path: str | Path, state: Dict[str, Any]) -> None:
     """torch.save to a temporary file, then rename: a kill mid-write leaves the old checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"version": VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({"version": VERSION, **state}, tmp))
 
 
 def read_checkpoint(path: str | Path) -> Dict[str, Any]:

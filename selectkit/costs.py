@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Dict, Sequence
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
 
 from selectkit.config import ModelConfig
 from selectkit.models import build_model
+from selectkit.tasks import task_class
 
 
-def measure_costs(model: ModelConfig, in_shape: Sequence[int], num_classes: int, batch: int,
+def measure_costs(model: ModelConfig, task: str, spec: Dict[str, Any], num_classes: int, batch: int,
                   selection_batch: int, *, reps: int = 20, channels_last: bool = True,
                   selection_mode: str = "eval", selection_precision: str = "fp32",
                   device: str = "cpu") -> Dict[str, Any]:
     """Median seconds of one train step (at ``batch``) and one no-graph forward (at
-    ``selection_batch``, in ``selection_mode``), measured interleaved rep by rep.
+    ``selection_batch``, in ``selection_mode``), measured interleaved rep by rep, on random
+    inputs shaped by the task (``task``: a registered task name; ``spec``: its spec_dict).
 
     Returns:
         dict with ``train_step_s``, ``forward_s``, their per-example values and ``ratio``
@@ -31,12 +33,13 @@ def measure_costs(model: ModelConfig, in_shape: Sequence[int], num_classes: int,
     """
     dev = torch.device(device)
     torch.manual_seed(0)
+    cls = task_class(task)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = build_model(model, tuple(in_shape), num_classes).to(dev, memory_format=fmt)
+    net = build_model(model, cls.make_spec(spec), num_classes).to(dev, memory_format=fmt)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = torch.randn(batch, *in_shape, device=dev).contiguous(memory_format=fmt)
+    x = cls.dummy_inputs(spec, batch, dev, channels_last=channels_last)
     y = torch.randint(0, num_classes, (batch,), device=dev)
-    xs = torch.randn(selection_batch, *in_shape, device=dev).contiguous(memory_format=fmt)
+    xs = cls.dummy_inputs(spec, selection_batch, dev, channels_last=channels_last)
     ys = torch.randint(0, num_classes, (selection_batch,), device=dev)
 
     def sync():

@@ -1,141 +1,149 @@
-"""Builds the training input graph from config.
+"""Builds the training input graph from a method stack.
 
-    IdBatchSampler(candidate ids)        (sampling and batching fused: the stream unit is a batch)
-      -> AutoAssistGate -> Rebatch       optional: drops ids before they are loaded
-      -> Mapper(LoadBatch)               read rows from the memory-mapped store, augment, normalise
+    IdBatchSampler(candidate ids)        sampling and batching fused: the stream unit is a batch;
+                                         rank and world size pick this process's shard
+      -> methods in slot "ids"           e.g. the AutoAssist gate: drops ids before they are loaded
+      -> Mapper(task.loader)             read rows, augment, normalise (the task's business)
       -> Prefetcher                      a background thread loads ahead of the trainer
       -> PinMemory                       CUDA only
-      -> policy nodes                    e.g. Selective-Backprop; in the training thread, since
+      -> methods in slot "batches"       e.g. Selective-Backprop; in the training thread, since
                                          they run the live model
-      -> Loader                          checkpointable: Loader.state_dict() resumes mid-epoch
+      -> Loader                          checkpointable: resumes mid-epoch
 
-The trainer iterates the Loader and never learns which policy shaped the stream. A policy
-is a ``Policy`` registered in ``POLICIES``: the candidate batch size it wants from the sampler,
-and a function ``(node, ctx) -> node`` that wraps the stream.
+The trainer (or a user's own loop) iterates the graph and never learns which methods shaped
+the stream. It hands each trained batch's per-example losses back through ``observe``, which
+feeds the shared LossTable once and then every method's listener. ``state_dict`` holds the
+loader's state, the loss table and the listeners' state; counters are read from that state,
+so they count what the consumer received, not what a prefetch thread ran ahead to.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
-import torch
 from torchdata.nodes import BaseNode, Loader, Mapper, PinMemory, Prefetcher
 
-from selectkit.nodes.filter import Rebatch
-from selectkit.nodes.load import LoadBatch
+from selectkit.losstable import LossTable
+from selectkit.methods import MethodStack
+from selectkit.methods.base import MethodContext
+from selectkit.nodes.filter import COUNTERS_KEY
 from selectkit.nodes.sampler import IdBatchSampler
-from selectkit.nodes.selective_backprop import SelectiveBackprop
-from selectkit.store import Store
 
 
-# Called by the trainer after every training forward with (ids, per-example losses as a float32
-# CPU tensor, step).
-LossListener = Callable[[torch.Tensor, torch.Tensor, int], None]
+def collect_counters(state: Any) -> Dict[str, float]:
+    """Every node's counters found in a (nested) state dict, merged."""
+    out: Dict[str, float] = {}
+    stack = [state]
+    while stack:
+        s = stack.pop()
+        if isinstance(s, dict):
+            for k, v in s.items():
+                if k == COUNTERS_KEY and isinstance(v, dict):
+                    out.update(v)
+                else:
+                    stack.append(v)
+        elif isinstance(s, (list, tuple)):
+            stack.extend(s)
+    return out
 
 
-@dataclass
-class GraphContext:
-    """What policy nodes may use, and how they talk back to the trainer.
+def _nodes(node: Any) -> Iterator[Any]:
+    """The node and its upstream chain (through ``source``)."""
+    while node is not None:
+        yield node
+        node = getattr(node, "source", None)
+
+
+class InputGraph:
+    """A built input graph: iterate it for batches, hand losses back with ``observe``.
 
     Attributes:
-        store: the example store.
-        cfg: the run's TrainConfig.
-        device: where the trainer's model lives.
-        model: the trainer's ModelHandle: ``model.losses(x, y, mode)`` scores a batch with the
-            live model without building a graph (the trainer owns device, AMP and mode).
-        listeners: policies append callables here to receive the trainer's per-example losses.
-        counters: policies add their own counters (namespaced, e.g. ``sb/selection_forwarded``);
-            the trainer logs them with its own.
-        closers: callables the trainer calls when training ends or fails (stop workers).
+        loader: the torchdata Loader (each ``iter`` is one epoch; ``restart_on_stop_iteration``
+            is off, so a state saved at an epoch's end resumes as "epoch over").
+        loss_table: the shared LossTable, or None when no method needs one.
+        candidate_batch_size: ids per sampled batch.
     """
 
-    store: Store
-    cfg: Any
-    device: torch.device
-    model: Any = None
-    listeners: List[LossListener] = field(default_factory=list)
-    counters: Dict[str, float] = field(default_factory=dict)
-    closers: List[Callable[[], None]] = field(default_factory=list)
+    LOADER_KEY, TABLE_KEY, LISTENERS_KEY = "loader", "loss_table", "listeners"
 
-    def close(self) -> None:
-        for close in self.closers:
-            close()
+    def __init__(self, loader: Loader, root: BaseNode, loss_table: Optional[LossTable],
+                 listeners: List[Tuple[str, Any]], candidate_batch_size: int):
+        self.loader, self.root, self.loss_table = loader, root, loss_table
+        self.listeners = listeners
+        self.candidate_batch_size = candidate_batch_size
 
+    def __iter__(self):
+        return iter(self.loader)
 
-@dataclass(frozen=True)
-class Policy:
-    """A selection policy: the candidate batch size it wants, and how it wraps the stream."""
+    @property
+    def listens(self) -> bool:
+        """Whether any method wants the trainer's per-example losses handed back."""
+        return self.loss_table is not None or bool(self.listeners)
 
-    build: Callable[[BaseNode, GraphContext], BaseNode]
-    candidate_batch_size: Callable[[Any], int] = lambda cfg: cfg.input.batch_size
+    def observe(self, ids, losses, step: int = 0) -> None:
+        """Hand back one trained batch's per-example losses (a float32 CPU tensor, one per id):
+        the loss table first, then every method's listener."""
+        if self.loss_table is not None:
+            self.loss_table.observe(ids, losses, step)
+        for _, listener in self.listeners:
+            listener(ids, losses, step)
 
+    def state_dict(self) -> Dict[str, Any]:
+        return {self.LOADER_KEY: self.loader.state_dict(),
+                self.TABLE_KEY: None if self.loss_table is None else self.loss_table.state_dict(),
+                self.LISTENERS_KEY: {name: l.state_dict() for name, l in self.listeners if hasattr(l, "state_dict")}}
 
-def _traditional(node: BaseNode, ctx: GraphContext) -> BaseNode:
-    """Every candidate is trained on: the stream passes through unchanged."""
-    return node
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.loader.load_state_dict(state[self.LOADER_KEY])
+        if self.loss_table is not None:
+            self.loss_table.load_state_dict(state[self.TABLE_KEY])
+        for name, listener in self.listeners:
+            if hasattr(listener, "load_state_dict"):
+                listener.load_state_dict(state[self.LISTENERS_KEY][name])
 
+    def counters(self) -> Dict[str, float]:
+        """Every method's counters, as of the batches handed out so far (namespaced keys)."""
+        out = collect_counters(self.loader.state_dict())
+        for _, listener in self.listeners:
+            if hasattr(listener, "counters"):
+                out.update(listener.counters())
+        return out
 
-def _selective_backprop(node: BaseNode, ctx: GraphContext) -> BaseNode:
-    """SB / Stale-SB: score candidates, keep by CDF_R(loss) ** beta, re-batch the kept rows."""
-    sb = ctx.cfg.sb
-    node = SelectiveBackprop(
-        node, lambda x, y: ctx.model.losses(x, y, sb.selection_mode, sb.selection_precision), len(ctx.store.train), ctx.store.fingerprint,
-        beta=sb.beta, window=sb.window, floor=sb.floor, warmup_epochs=sb.warmup_epochs,
-        staleness=sb.staleness, seed=ctx.cfg.seed, counters=ctx.counters)
-    ctx.listeners.append(node.observe)
-    return Rebatch(node, ctx.cfg.input.batch_size)
-
-
-def autoassist_gate(node: BaseNode, ctx: GraphContext, batch_size: int) -> BaseNode:
-    """The AutoAssist gate on a stream of id batches, re-batched to ``batch_size`` ids."""
-    from selectkit.features import features_for
-    from selectkit.nodes.autoassist import AssistantWorker, AutoAssistGate
-
-    aa = ctx.cfg.autoassist
-    features = features_for(ctx.store, aa.features, aa.downsample)
-    labels = np.asarray(ctx.store.train.y, dtype=np.int64)
-    worker = AssistantWorker(features, labels, ctx.store.num_classes, {"lr": aa.lr, "weight_decay": aa.weight_decay,
-                                                "loss_ema": aa.loss_ema, "accuracy_ema": aa.accuracy_ema},
-                             mode=aa.worker, queue_size=aa.queue_size, counters=ctx.counters)
-    gate = AutoAssistGate(node, worker, features, labels, ctx.store.fingerprint, seed=ctx.cfg.seed,
-                          shadow=aa.shadow, warmup_epochs=aa.warmup_epochs, max_lambda=aa.max_lambda,
-                          counters=ctx.counters)
-    ctx.listeners.append(gate.observe)
-    ctx.closers.append(worker.close)
-    ctx.closers.append(gate.refresh_counters)  # the final figures, once the worker has drained
-    return Rebatch(gate, batch_size)
+    def shutdown(self) -> None:
+        """Stop every node's workers (nodes that hold one implement ``shutdown``, the name later
+        torchdata releases give it; torchdata 0.11's own nodes stop their threads when collected)."""
+        for node in _nodes(self.root):
+            stop = getattr(node, "shutdown", None)
+            if callable(stop):
+                stop()
 
 
-POLICIES: Dict[str, Policy] = {
-    "traditional": Policy(_traditional),
-    "sb": Policy(_selective_backprop, lambda cfg: cfg.sb.selection_batch_size),
-}
-
-
-def candidate_ids(store: Store, subset: Optional[str]) -> np.ndarray:
+def candidate_ids(task, subset: Optional[str | Path | np.ndarray]) -> np.ndarray:
     """All train ids, or those of a subset: an SVP subset directory (ids.npy + subset.json,
-    checked against the store's fingerprint) or a bare .npy of unique train ids.
+    checked against the task's store fingerprint), a bare .npy of unique train ids, or an array.
 
     Raises:
         FileNotFoundError: the subset file is missing.
         ValueError: ids out of range, duplicated, empty or not integers; a subset directory
             selected from another store.
     """
-    n = len(store.train)
+    n = len(task)
     if subset is None:
         return np.arange(n, dtype=np.int64)
-    p = Path(subset)
-    if p.is_dir() and (p / "subset.json").is_file():
-        from selectkit.subsets import read_subset
-
-        ids, _ = read_subset(p, store)
-    elif p.is_file():
-        ids = np.load(p, allow_pickle=False)
+    if isinstance(subset, np.ndarray):
+        ids, p = subset, "subset"
     else:
-        raise FileNotFoundError(f"input.subset={subset!r} not found: run the stage that writes it")
+        p = Path(subset)
+        if p.is_dir() and (p / "subset.json").is_file():
+            from selectkit.methods.svp.artifacts import read_subset
+
+            ids, _ = read_subset(p, task)
+        elif p.is_file():
+            ids = np.load(p, allow_pickle=False)
+        else:
+            raise FileNotFoundError(f"input.subset={str(subset)!r} not found: run the stage that writes it")
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"subset {p} must be a non-empty 1-D integer array of example ids, got "
                          f"{ids.dtype} {ids.shape}")
@@ -150,23 +158,41 @@ def candidate_ids(store: Store, subset: Optional[str]) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def build_input_graph(ctx: GraphContext, ids: Optional[np.ndarray] = None) -> Loader:
-    """The training input graph for ``ctx.cfg`` (a TrainConfig) as a checkpointable Loader."""
-    store, cfg, device = ctx.store, ctx.cfg, ctx.device
-    if ids is None:
-        ids = candidate_ids(store, cfg.input.subset)
-    policy = POLICIES[cfg.policy]
-    node: BaseNode = IdBatchSampler(ids, policy.candidate_batch_size(cfg), seed=cfg.seed,
-                                    drop_last=cfg.input.drop_last)
-    if cfg.autoassist.enabled:
-        node = autoassist_gate(node, ctx, policy.candidate_batch_size(cfg))
-    node = Mapper(node, LoadBatch(store.train, store.meta["mean"], store.meta["std"],
-                                  cfg.input.augment, seed=cfg.seed))
-    if cfg.input.prefetch > 0:
-        node = Prefetcher(node, prefetch_factor=cfg.input.prefetch)
-    if device.type == "cuda":
+def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: int, seed: int = 0,
+                      model=None, augment: str = "none", prefetch: int = 2, pin_memory: bool = False,
+                      drop_last: bool = False, epochs: int = 1, rank: int = 0, world_size: int = 1) -> InputGraph:
+    """The input graph for a method stack, as a checkpointable InputGraph.
+
+    Args:
+        task: the Task loading examples.
+        stack: (Method, config) pairs in stack order (``TrainConfig.stack``, or ``methods.stack_of``).
+        ids: candidate train ids.
+        batch_size: rows per training batch out of the graph.
+        seed: seeds the sampler, augmentation and every method's draws.
+        model: a ModelHandle for methods that score with the live model.
+        augment: the task's augmentation name.
+        prefetch: batches loaded ahead in a background thread (0: in the consumer's thread).
+        pin_memory: pin host memory (CUDA).
+        drop_last: drop the last incomplete candidate batch of each epoch.
+        epochs: planned epochs (methods check warm-ups against it).
+        rank, world_size: this process's shard of every epoch's permutation.
+    """
+    cand = batch_size
+    for method, mcfg in stack:
+        cand = method.candidate_batch_size(mcfg, cand)
+    table = LossTable(len(task)) if any(m.uses_loss_table for m, _ in stack) else None
+    ctx = MethodContext(task=task, seed=seed, batch_size=batch_size, candidate_batch_size=cand, epochs=epochs,
+                        model=model, loss_table=table)
+    node: BaseNode = IdBatchSampler(ids, cand, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size)
+    for method, mcfg in stack:
+        if method.slot == "ids":
+            node = method.build(node, ctx, mcfg)
+    node = Mapper(node, task.loader(augment, seed=seed))
+    if prefetch > 0:
+        node = Prefetcher(node, prefetch_factor=prefetch)
+    if pin_memory:
         node = PinMemory(node)
-    node = policy.build(node, ctx)
-    # A state saved at the end of an epoch must resume as "epoch over", not silently roll
-    # into the next epoch: the trainer counts epochs by the iterator running out.
-    return Loader(node, restart_on_stop_iteration=False)
+    for method, mcfg in stack:
+        if method.slot in ("batches", "weight"):
+            node = method.build(node, ctx, mcfg)
+    return InputGraph(Loader(node, restart_on_stop_iteration=False), node, table, ctx.listeners, cand)

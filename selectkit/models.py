@@ -1,23 +1,31 @@
-"""Model registry: models by name, built from their constructor arguments in params.
+"""Models: a registry of built-in ones by name, and any factory by import path.
 
-Every constructor takes ``in_shape`` (C, H, W) and ``num_classes`` from the store, plus its
-own keyword arguments from ``train.model.args``; unknown arguments are rejected by name.
+``train.model.name`` is a registered name (``cnn``, ``proxy_cnn``, ``mlp``, ``resnet_cifar``)
+or ``package.module:factory``. Every factory is called as ``factory(spec, num_classes,
+**train.model.args)``: ``spec`` is the task's example spec (an ``ImageSpec`` with ``shape``
+(C, H, W) for images), ``num_classes`` comes from the store. Unknown arguments are rejected
+by name; a factory that fails to import, is missing, or returns something other than an
+``nn.Module`` fails naming the path and the fix; ``check_outputs`` runs two dummy examples
+through a new model to catch a wrong number of outputs before training starts.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence
 
 import torch
 from torch import nn
 
-from selectkit.config import ConfigError, ModelConfig
+from selectkit.validation import ConfigError
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
+    """Decorator adding a factory ``fn(spec, num_classes, **args)`` to the registry as ``name``."""
+
     def deco(fn):
         MODELS[name] = fn
         return fn
@@ -37,7 +45,7 @@ class ConvNet(nn.Module):
     BENCHMARK.md (91-92 % on Fashion-MNIST in 10 epochs).
     """
 
-    def __init__(self, in_shape: Tuple[int, int, int], num_classes: int, channels: Sequence[int]):
+    def __init__(self, in_shape: Sequence[int], num_classes: int, channels: Sequence[int]):
         super().__init__()
         c, h, w = in_shape
         layers = []
@@ -52,22 +60,23 @@ class ConvNet(nn.Module):
 
 
 @register("cnn")
-def cnn(in_shape, num_classes, channels: Sequence[int] = (32, 64)) -> nn.Module:
+def cnn(spec, num_classes, channels: Sequence[int] = (32, 64)) -> nn.Module:
     """The Fashion-MNIST target CNN."""
-    return ConvNet(in_shape, num_classes, tuple(channels))
+    return ConvNet(spec.shape, num_classes, tuple(channels))
 
 
 @register("proxy_cnn")
-def proxy_cnn(in_shape, num_classes, channels: Sequence[int] = (16, 32)) -> nn.Module:
+def proxy_cnn(spec, num_classes, channels: Sequence[int] = (16, 32)) -> nn.Module:
     """A smaller CNN for SVP proxies: the same shape at half the width (about 4x cheaper)."""
-    return ConvNet(in_shape, num_classes, tuple(channels))
+    return ConvNet(spec.shape, num_classes, tuple(channels))
 
 
 @register("mlp")
-def mlp(in_shape, num_classes, hidden: Sequence[int] = (256,)) -> nn.Module:
+def mlp(spec, num_classes, hidden: Sequence[int] = (256,)) -> nn.Module:
     """Multilayer perceptron on flattened pixels; ``hidden: []`` is multinomial logistic regression."""
     layers: list[nn.Module] = [nn.Flatten()]
-    d = int(in_shape[0] * in_shape[1] * in_shape[2])
+    c, h, w = spec.shape
+    d = int(c * h * w)
     for hdim in hidden:
         layers += [nn.Linear(d, hdim), nn.ReLU(inplace=True)]
         d = hdim
@@ -114,30 +123,111 @@ class CifarResNet(nn.Module):
 
 
 @register("resnet_cifar")
-def resnet_cifar(in_shape, num_classes, depth: int = 20, width: int = 16) -> nn.Module:
-    return CifarResNet(in_shape, num_classes, depth, width)
+def resnet_cifar(spec, num_classes, depth: int = 20, width: int = 16) -> nn.Module:
+    return CifarResNet(spec.shape, num_classes, depth, width)
 
 
-def build_model(cfg: ModelConfig, in_shape: Tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Build a registered model, rejecting unknown names and arguments with the allowed ones.
+def resolve_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory for ``train.model.name``: a registered name or ``package.module:factory``.
 
     Raises:
-        ConfigError: unknown model name or constructor argument.
+        ConfigError: not registered and not an import path; the module does not import; the
+            attribute is missing or not callable.
     """
-    if cfg.name not in MODELS:
-        raise ConfigError(f"train.model.name={cfg.name!r} is not allowed: expected one of {sorted(MODELS)}")
-    fn = MODELS[cfg.name]
-    allowed = [p for p in inspect.signature(fn).parameters if p not in ("in_shape", "num_classes")]
-    unknown = sorted(set(cfg.args) - set(allowed))
-    if unknown:
-        raise ConfigError(f"train.model.args has unknown keys {unknown} for model {cfg.name!r}: "
-                          f"allowed are {allowed}")
+    if name in MODELS:
+        return MODELS[name]
+    key = f"train.model.name={name!r}"
+    if ":" not in name:
+        raise ConfigError(f"{key} is not allowed: expected a registered model {sorted(MODELS)} or an import "
+                          f"path 'package.module:factory' to your own factory(spec, num_classes, **args)")
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{key}: an import path needs both parts, 'package.module:factory'")
     try:
-        return fn(tuple(in_shape), int(num_classes), **cfg.args)
+        module = importlib.import_module(module_name)
+    except Exception as e:  # any failure while importing user code, not only ModuleNotFoundError
+        raise ConfigError(f"{key}: cannot import module {module_name!r} ({type(e).__name__}: {e}). Make it "
+                          f"importable: install its package (pip install -e .), or run from the folder "
+                          f"holding it / add that folder to PYTHONPATH") from None
+    fn = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            public = sorted(n for n in dir(module) if not n.startswith("_"))
+            raise ConfigError(f"{key}: module {module_name!r} has no attribute {attr!r}; it defines "
+                              f"{public[:20]}. Fix the name after ':'") from None
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ConfigError(f"{key}: {attr!r} in {module_name!r} is a {type(fn).__name__}, not a callable factory")
+    return fn
+
+
+def build_model(cfg, spec, num_classes: int) -> nn.Module:
+    """Build ``cfg`` (a ModelConfig), rejecting unknown names and arguments with the allowed ones.
+
+    Args:
+        cfg: ``name`` (registered or ``package.module:factory``) and ``args``.
+        spec: the task's example spec.
+        num_classes: the store's number of classes.
+
+    Raises:
+        ConfigError: unknown model or argument, a failing import, a factory that rejects its
+            arguments or does not return an ``nn.Module``.
+    """
+    fn = resolve_factory(cfg.name)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        params = {}
+    if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = list(params)[2:]  # after (spec, num_classes)
+        unknown = sorted(set(cfg.args) - set(allowed))
+        if unknown:
+            raise ConfigError(f"train.model.args has unknown keys {unknown} for model {cfg.name!r}: "
+                              f"allowed are {allowed}")
+    try:
+        model = fn(spec, int(num_classes), **cfg.args)
     except (TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(f"train.model.args={dict(cfg.args)!r} are invalid for {cfg.name!r}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"train.model.name={cfg.name!r}: the factory returned a {type(model).__name__}, not a "
+                          f"torch.nn.Module: return the model instance")
+    return model
+
+
+@torch.no_grad()
+def check_outputs(model: nn.Module, task, name: str) -> None:
+    """Run two dummy examples through ``model`` (eval mode, private generator: the global RNG
+    and BatchNorm statistics stay untouched) and check it gives ``[2, num_classes]`` outputs.
+
+    Raises:
+        ConfigError: the forward fails, or the output shape is not ``[2, task.num_classes]``.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+        x = task.dummy_inputs(task.spec_dict(), 2, device, generator=torch.Generator(device).manual_seed(0))
+        try:
+            out = task.forward(model, x)
+        except Exception as e:
+            raise ConfigError(f"model {name!r} fails on inputs of the task's spec {task.spec_dict()} "
+                              f"({type(e).__name__}: {e}): build it for that input") from None
+    finally:
+        model.train(was_training)
+    shape = tuple(getattr(out, "shape", ()))
+    if shape != (2, task.num_classes):
+        raise ConfigError(f"model {name!r} gives outputs of shape {list(shape)} for 2 examples, but the store has "
+                          f"{task.num_classes} classes: expected [2, {task.num_classes}]; make its last layer output "
+                          f"num_classes (the factory receives it)")
+
+
+def make_model(cfg, task) -> nn.Module:
+    """``build_model`` for ``task``'s spec and classes, then ``check_outputs``."""
+    model = build_model(cfg, task.spec, task.num_classes)
+    check_outputs(model, task, cfg.name)
+    return model
 
 
 def classifier(model: nn.Module) -> nn.Linear:

@@ -11,6 +11,9 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Dict, List, Optional, Sequence
 
+from selectkit.io import atomic_write
+from selectkit.methods import METHODS
+
 TIME_PHASES = ("data", "selection", "forward", "backward", "optimizer", "other")
 
 
@@ -61,12 +64,17 @@ def time_to_error(curve: Sequence[Dict[str, float]], target: float) -> Optional[
     return None
 
 
+def selection_forwards(row: Dict[str, float]) -> float:
+    """Examples a run forwarded for selection up to an evaluation row: every method counts its
+    own as ``<method>/selection_forwarded`` (NaN, a column absent in this run, counts as none)."""
+    return sum(v for k, v in row.items() if k.endswith("/selection_forwarded") and v == v)
+
+
 def modelled_seconds(row: Dict[str, float], costs: Dict[str, float]) -> float:
     """Noise-free time of a run up to an evaluation row: its backpropagated examples times the
     per-example train-step cost, plus its selection forwards times the per-example forward cost."""
-    sel = row.get("sb/selection_forwarded", 0.0)
-    sel = 0.0 if sel != sel else sel  # NaN (column absent in this run) counts as none
-    return row["examples_seen"] * costs["train_per_example_s"] + sel * costs["forward_per_example_s"]
+    return (row["examples_seen"] * costs["train_per_example_s"]
+            + selection_forwards(row) * costs["forward_per_example_s"])
 
 
 def attach_costs(runs: List[Dict[str, Any]], reps: int = 20) -> Dict[str, Dict[str, float]]:
@@ -78,15 +86,14 @@ def attach_costs(runs: List[Dict[str, Any]], reps: int = 20) -> Dict[str, Dict[s
     measured: Dict[str, Dict[str, float]] = {}
     keys = []
     for r in runs:
-        precision = r.get("selection_precision", "fp32")
-        train_key = json.dumps([r["model"], r["batch_size"], r["channels_last"]], sort_keys=True)
-        key = json.dumps([r["model"], r["batch_size"], r["channels_last"], r["selection_batch_size"],
-                          r["selection_mode"], precision], sort_keys=True)
+        sel = r["selection"]
+        train_key = json.dumps([r["model"], r["task"], r["spec"], r["batch_size"], r["channels_last"]], sort_keys=True)
+        key = json.dumps([r["model"], r["task"], r["spec"], r["batch_size"], r["channels_last"], sel], sort_keys=True)
         if key not in measured:
-            measured[key] = measure_costs(ModelConfig(r["model"]["name"], r["model"]["args"]), r["image_shape"],
-                                          r["num_classes"], r["batch_size"], r["selection_batch_size"], reps=reps,
-                                          channels_last=r["channels_last"], selection_mode=r["selection_mode"],
-                                          selection_precision=precision)
+            measured[key] = measure_costs(ModelConfig(r["model"]["name"], r["model"]["args"]), r["task"], r["spec"],
+                                          r["num_classes"], r["batch_size"], sel["batch_size"], reps=reps,
+                                          channels_last=r["channels_last"], selection_mode=sel["mode"],
+                                          selection_precision=sel["precision"])
             measured[key]["train_key"] = train_key
         keys.append((train_key, key))
     # One train-step cost per model and batch (the median of its measurements), so that the
@@ -129,7 +136,7 @@ def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float
             "train_s": _ms([r["train_s"] for r in rs]),
             "examples_forwarded": _ms([r["examples_forwarded"] for r in rs]),
             "examples_backpropagated": _ms([r["examples_backpropagated"] for r in rs]),
-            "seconds": {p: mean(r["seconds"].get(p, 0.0) for r in rs) for p in TIME_PHASES + ("sb_node",)},
+            "seconds": {p: mean(r["seconds"].get(p, 0.0) for r in rs) for p in TIME_PHASES},
             "time_to_target": {},
         }
         for key, err in out["targets"].items():
@@ -141,21 +148,9 @@ def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float
                 mod = [_modelled_time(r, err) for r in rs]
                 tt["modelled_s"] = mean(mod) if all(x is not None for x in mod) else None
             m["time_to_target"][key] = tt
-        aa = [r.get("policy_counters", {}) for r in rs]
-        if all(c.get("aa/candidates") for c in aa):
-            m["autoassist"] = {
-                "pass_rate": mean(c["aa/passed"] / c["aa/candidates"] for c in aa),
-                "final_accuracy": mean(c["aa/accuracy"] for c in aa),
-                "final_positives": mean(c.get("aa/positives", math.nan) for c in aa),
-                "final_safeguard_rate": mean(c["aa/safeguard_rate"] for c in aa),
-                "published": mean(c["aa/published"] for c in aa),
-                "dropped": mean(c["aa/dropped"] for c in aa),
-                "nan_losses": mean(c["aa/nan_losses"] for c in aa),
-                "update_s": mean(c["aa/update_s"] for c in aa),
-                # the boss's own cost: publishing losses (the assistant learns in its worker)
-                "publish_share": mean(c["aa/publish_s"] / r["train_s"] for c, r in zip(aa, rs)),
-                "gate_share": mean(c["aa/gate_s"] / r["train_s"] for c, r in zip(aa, rs)),
-            }
+        for method in METHODS.values():  # each method's own figures, where its runs hold them
+            if method.report is not None and (figures := method.report.summarise(rs)) is not None:
+                m.setdefault("method_figures", {})[method.name] = figures
         out["methods"][label] = m
     for label, m in out["methods"].items():
         for key, tt in m["time_to_target"].items():
@@ -211,53 +206,29 @@ def markdown(summary: Dict[str, Any]) -> str:
     split = []
     for label, m in summary["methods"].items():
         tot = sum(m["seconds"].values()) or 1.0
-        split.append(f"| {label} | " + " | ".join(f"{100 * m['seconds'][p] / tot:.0f} %" for p in TIME_PHASES)
-                     + f" | {100 * m['seconds'].get('sb_node', 0.0) / tot:.1f} % |")
-    lines += ["", "Time split of training wall-clock ('SB node' is the Selective-Backprop node's own "
-              "bookkeeping, its selection forwards excluded):", "",
-              "| method | " + " | ".join(TIME_PHASES) + " | SB node |", "|" + "---|" * (len(TIME_PHASES) + 2), *split]
-    aa = {label: m["autoassist"] for label, m in summary["methods"].items() if "autoassist" in m}
-    if aa:
-        lines += ["", "AutoAssist (means over seeds; accuracy, share of z = 1 and safeguard rate at the end; "
-                  "'publish' is the boss's own time handing losses over, 'gate' the gate's time in the "
-                  "loader thread, both as shares of training wall-clock):", "",
-                  "| method | pass rate | assistant accuracy | z = 1 share | safeguard rate | published | dropped "
-                  "| assistant update s | publish | gate |", "|" + "---|" * 10]
-        for label, a in aa.items():
-            lines.append(f"| {label} | {100 * a['pass_rate']:.1f} % | {100 * a['final_accuracy']:.1f} % | "
-                         f"{100 * a['final_positives']:.1f} % | {100 * a['final_safeguard_rate']:.1f} % | "
-                         f"{a['published']:.0f} | {a['dropped']:.0f} | {a['update_s']:.2f} | "
-                         f"{100 * a['publish_share']:.2f} % | {100 * a['gate_share']:.2f} % |")
+        split.append(f"| {label} | " + " | ".join(f"{100 * m['seconds'][p] / tot:.0f} %" for p in TIME_PHASES) + " |")
+    lines += ["", "Time split of training wall-clock ('selection' is selection forwards of the live model):", "",
+              "| method | " + " | ".join(TIME_PHASES) + " |", "|" + "---|" * (len(TIME_PHASES) + 1), *split]
+    for method in METHODS.values():
+        by_label = {label: m["method_figures"][method.name] for label, m in summary["methods"].items()
+                    if method.name in m.get("method_figures", {})}
+        if by_label:
+            lines.append(method.report.markdown(by_label).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
-def plot_autoassist(runs: List[Dict[str, Any]], path: str | Path) -> None:
-    """PNG of the assistant's accuracy and the safeguard rate over training wall-clock."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    colours: Dict[str, Any] = {}
-    for r in runs:
-        rows = [row for row in r["curve"] if not math.isnan(row.get("aa/lambda", math.nan))]
-        if not rows:
+def method_plots(runs: List[Dict[str, Any]], out_dir: str | Path) -> List[str]:
+    """Each method's own plot (e.g. AutoAssist's), for methods whose runs are present; returns
+    the file names written."""
+    names = []
+    for method in METHODS.values():
+        section = method.report
+        if section is None or section.plot is None:
             continue
-        c = colours.setdefault(r["label"], f"C{len(colours)}")
-        xs = [row["wall_s"] for row in rows]
-        for ax, key in zip(axes, ("aa/accuracy", "aa/safeguard_rate")):
-            new = r["label"] not in ax.get_legend_handles_labels()[1]
-            ax.plot(xs, [100 * row[key] for row in rows], color=c, alpha=0.8, label=r["label"] if new else None)
-    for ax, title in zip(axes, ("assistant accuracy (%)", "safeguard rate 1 - lambda (%)")):
-        ax.set_xlabel("training wall-clock (s)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if colours:
-            ax.legend()
-        else:
-            ax.text(0.5, 0.5, "no AutoAssist runs", ha="center", transform=ax.transAxes)
-    _save_figure(fig, path, dpi=110)
+        if any(section.summarise([r]) is not None for r in runs):
+            section.plot(runs, Path(out_dir) / section.plot_name)
+            names.append(section.plot_name)
+    return names
 
 
 def plot(runs: List[Dict[str, Any]], path: str | Path, summary: Optional[Dict[str, Any]] = None) -> None:
@@ -286,19 +257,16 @@ def plot(runs: List[Dict[str, Any]], path: str | Path, summary: Optional[Dict[st
     ax.set_ylabel("test error (%)")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save_figure(fig, path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
-def _save_figure(fig, path: str | Path, dpi: int) -> None:
-    """Write a figure atomically (a temporary name, then a rename) and close it."""
+def save_figure(fig, path: str | Path, dpi: int) -> None:
+    """Write a figure atomically and close it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def clean_json(obj: Any) -> Any:
@@ -310,68 +278,3 @@ def clean_json(obj: Any) -> Any:
     if isinstance(obj, list):
         return [clean_json(v) for v in obj]
     return obj
-
-
-def svp_analysis(proxy_dirs: Sequence[str], target_dir: Optional[str], subset_dirs: Sequence[str],
-                 metric: str, class_names: Sequence[str], labels) -> Dict[str, Any]:
-    """SVP's analysis: Spearman rank correlation of each proxy's and the ensemble's scores with
-    a target trained on all data (the paper's Figure 3), each subset's class distribution (its
-    Table 2), and the selection cost (proxy training + scoring seconds) to add end to end."""
-    import numpy as np
-
-    from selectkit.methods.svp import ranks
-    from selectkit.subsets import read_scores
-
-    def spearman(a, b) -> float:
-        return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
-
-    proxies = [read_scores(d) for d in proxy_dirs]
-    out: Dict[str, Any] = {"metric": metric, "selection_cost_s": sum(
-        (p.get("proxy_train_s") or 0.0) + (p.get("score_s") or 0.0) for _, p in proxies)}
-    if target_dir and proxies:
-        target, _ = read_scores(target_dir)
-        ensemble = np.sum([ranks(s[metric]) for s, _ in proxies], axis=0)
-        out["spearman_with_target"] = {
-            **{p["proxy_run"]: spearman(s[metric], target[metric]) for s, p in proxies},
-            # the ensemble's rank sum orders examples like a rank (0 = most uncertain)
-            "ensemble (rank sum)": float(np.corrcoef(ensemble, ranks(target[metric]))[0, 1]),
-        }
-    labels = np.asarray(labels)
-    full = np.bincount(labels, minlength=len(class_names))
-    out["class_share"] = {"all data": (full / full.sum()).tolist()}
-    for d in subset_dirs:
-        ids = np.load(Path(d) / "ids.npy")
-        c = np.bincount(labels[ids], minlength=len(class_names))
-        out["class_share"][Path(d).name] = (c / c.sum()).tolist()
-    out["class_names"] = list(class_names)
-    return out
-
-
-def svp_markdown(analysis: Dict[str, Any], summary: Dict[str, Any]) -> str:
-    """Markdown for svp_analysis, with end-to-end times (selection cost added to SVP runs)."""
-    lines = ["", f"SVP selection cost (proxy training + scoring, all proxies): "
-             f"{analysis['selection_cost_s']:.1f} s.", ""]
-    if "spearman_with_target" in analysis:
-        lines += [f"Spearman rank correlation of {analysis['metric']} with the all-data target's:", "",
-                  "| scores | Spearman |", "|---|---|"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in analysis["spearman_with_target"].items()]
-    keys = list(summary["targets"])
-    lines += ["", "End to end (SVP runs pay the selection cost; random and full pay nothing):", "",
-              "| method | " + " | ".join(f"time to {k} (speedup)" for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    base = summary["methods"][summary["baseline"]]["time_to_target"]
-    for label, m in summary["methods"].items():
-        extra = analysis["selection_cost_s"] if label.startswith("svp") else 0.0
-        cells = []
-        for k in keys:
-            t = m["time_to_target"][k]["mean_s"]
-            if t is None:
-                cells.append("not reached")
-            else:
-                b = base[k]["mean_s"]
-                cells.append(f"{t + extra:.1f} s" + (f" ({b / (t + extra):.2f}x)" if b else ""))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    names = analysis["class_names"]
-    lines += ["", "Class shares (%):", "", "| subset | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
-    for name, share in analysis["class_share"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in share) + " |")
-    return "\n".join(lines) + "\n"

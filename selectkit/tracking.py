@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from selectkit.config import TrackingConfig, flatten
+from selectkit.dist import is_main_process
+from selectkit.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,6 @@ def git_commit(cwd: Optional[Path] = None) -> str:
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file under a temporary name and rename it, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_csv(path: str | Path, rows: Sequence[Dict[str, Any]]) -> None:
@@ -92,7 +85,11 @@ class Tracker:
     @contextmanager
     def run(self, params: Dict[str, Any], tags: Optional[Dict[str, str]] = None) -> Iterator["Tracker"]:
         """Open the MLflow run; an escaping exception ends it FAILED (KILLED on Ctrl-C/SIGTERM)
-        with the traceback attached as ``error/traceback.txt`` and the ``error`` tag."""
+        with the traceback attached as ``error/traceback.txt`` and the ``error`` tag. On
+        processes other than the main one nothing is tracked (every call is a no-op)."""
+        if not is_main_process():
+            yield self
+            return
         import mlflow
         from mlflow.entities import RunStatus
 
@@ -130,6 +127,8 @@ class Tracker:
 
     def log(self, metrics: Dict[str, float], step: int, timestamp_ms: Optional[int] = None) -> None:
         """Buffer metric values at ``step`` (sent at the next flush)."""
+        if not is_main_process():
+            return
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
@@ -150,6 +149,8 @@ class Tracker:
             self._ops = []
 
     def log_artifact(self, path: str | Path) -> None:
+        if self.run_id is None:
+            return
         import mlflow
 
         mlflow.log_artifact(str(path))
@@ -162,7 +163,7 @@ class Tracker:
         numeric = {k: float(v) for k, v in flatten(metrics).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.flush(wait=True)
-        if numeric:
+        if numeric and self.run_id is not None:
             mlflow.log_metrics({f"final/{k}": v for k, v in numeric.items()})
         if metrics_path is not None:
             atomic_write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")

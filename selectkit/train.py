@@ -1,9 +1,10 @@
-"""The one training loop. Every method (Traditional, an SVP subset, Selective-Backprop,
-AutoAssist) is a different input graph feeding this same loop.
+"""The one training loop. Every method stack (Traditional, an SVP subset, Selective-Backprop,
+AutoAssist, ...) is a different input graph feeding this same loop, and every modality a
+different Task: the loop speaks only to the task, the graph and the model.
 
 Read top to bottom: build model, optimizer and input graph; restore a checkpoint if asked;
-then for each batch the graph yields: forward, per-example losses (published to the graph's
-listeners), backward, optimizer step; evaluate and checkpoint on schedule.
+then for each batch the graph yields: forward, per-example losses (handed back to the graph),
+backward, optimizer step; evaluate and checkpoint on schedule.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from selectkit import dist
 from selectkit.checkpoint import check_compatible, read_checkpoint, save_checkpoint
 from selectkit.config import TrainConfig, to_dict
-from selectkit.graph import GraphContext, build_input_graph
-from selectkit.models import build_model, model_signature
-from selectkit.nodes.load import load_eval
+from selectkit.graph import build_input_graph, candidate_ids
+from selectkit.handle import ModelHandle
+from selectkit.models import make_model, model_signature
 from selectkit.store import Store
+from selectkit.tasks import task_for
 
 log = logging.getLogger(__name__)
 
-PHASES = ("data", "forward", "backward", "optimizer", "evaluation", "checkpoint", "other")
+PHASES = ("data", "selection", "forward", "backward", "optimizer", "evaluation", "checkpoint", "other")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,6 +76,15 @@ class PhaseClock:
         self.seconds: Dict[str, float] = {p: 0.0 for p in PHASES}
         self._t = time.perf_counter()
 
+    def restart(self) -> None:
+        """Start timing afresh from now (time before this is charged to no phase)."""
+        self._t = time.perf_counter()
+
+    def move(self, seconds: float, src: str, dst: str) -> None:
+        """Re-charge ``seconds`` measured inside phase ``src`` to phase ``dst``."""
+        self.seconds[dst] = self.seconds.get(dst, 0.0) + seconds
+        self.seconds[src] -= seconds
+
     def lap(self, phase: str) -> None:
         if self.sync:
             torch.cuda.synchronize()
@@ -84,50 +96,6 @@ class PhaseClock:
     def train_s(self) -> float:
         """Wall-clock spent training (evaluation and checkpointing excluded)."""
         return sum(v for k, v in self.seconds.items() if k not in ("evaluation", "checkpoint"))
-
-
-class ModelHandle:
-    """What policy nodes may do with the live model: score a batch without building a graph.
-
-    Device placement, memory format and AMP stay the trainer's business; the handle restores
-    the model's training mode after each call.
-    """
-
-    def __init__(self, trainer: "Trainer"):
-        self._t = trainer
-
-    @torch.inference_mode()
-    def losses(self, x: torch.Tensor, y: torch.Tensor, mode: str = "eval", precision: str = "fp32") -> torch.Tensor:
-        """Per-example cross-entropy of the live model on (x, y), as a float32 CPU tensor.
-
-        Args:
-            mode: ``eval`` (BatchNorm uses running statistics) or ``train`` (batch statistics;
-                BatchNorm's running statistics are updated as in a training forward).
-            precision: ``fp32``, or ``bf16`` for a bfloat16-autocast forward (selection only
-                ranks losses, which bf16's ~1e-3 error does not disturb).
-
-        Raises:
-            RuntimeError: the model is not in training mode, or not on the trainer's device.
-        """
-        t = self._t
-        model = t.model
-        if not model.training:
-            raise RuntimeError("the model is in eval mode between training steps: something switched it "
-                               "without switching it back; policies must score through ModelHandle.losses")
-        dev = next(model.parameters()).device
-        if dev != t.device:
-            raise RuntimeError(f"the model is on {dev} but the trainer runs on {t.device}")
-        if mode == "eval":
-            model.eval()
-        try:
-            xb = x.to(t.device, non_blocking=True).contiguous(memory_format=t.memory_format)
-            ctx = torch.autocast(t.device.type, dtype=torch.bfloat16) if precision == "bf16" else t._autocast()
-            with ctx:
-                logits = model(xb)
-            out = F.cross_entropy(logits.float(), y.to(t.device, non_blocking=True), reduction="none")
-        finally:
-            model.train()
-        return out.cpu()
 
 
 @dataclass
@@ -164,24 +132,28 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.task = task_for(store, channels_last=cfg.channels_last)
         torch.manual_seed(cfg.seed)
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = build_model(cfg.model, store.image_shape, store.num_classes).to(
-            self.device, memory_format=self.memory_format)
+        self.model = self.task.prepare_model(make_model(cfg.model, self.task), self.device)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.ctx = GraphContext(store, cfg, self.device, model=ModelHandle(self))
-        self.loader = build_input_graph(self.ctx, ids)
-        self.model_sig = model_signature(cfg.model)
-        self.p = _Progress()
-        self.clock = PhaseClock(self.device)
-        self._stop_reason: Optional[str] = None
-        self._carved: Dict[str, float] = {}
-        self._test_cache: Optional[List[Dict[str, torch.Tensor]]] = None
         if self.device.type == "cuda" and cfg.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             self.amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.handle = ModelHandle(self.model, self.task, self.device, self.autocast)
+        self.graph = build_input_graph(
+            self.task, cfg.stack, ids if ids is not None else candidate_ids(self.task, cfg.input.subset),
+            batch_size=cfg.input.batch_size, seed=cfg.seed, model=self.handle, augment=cfg.input.augment,
+            prefetch=cfg.input.prefetch, pin_memory=self.device.type == "cuda", drop_last=cfg.input.drop_last,
+            epochs=cfg.epochs, rank=dist.rank(), world_size=dist.world_size())
+        self.loader = self.graph.loader
+        self.model_sig = model_signature(cfg.model)
+        self.p = _Progress()
+        self.clock = PhaseClock(self.device)
+        self._stop_reason: Optional[str] = None
+        self._carved = 0.0  # selection seconds already moved out of the data phase
+        self._test_cache: Optional[List[Dict[str, torch.Tensor]]] = None
 
     # ---------------------------------------------------------------- checkpoint and resume
     def _state(self, complete: bool = False) -> Dict[str, Any]:
@@ -189,16 +161,15 @@ class Trainer:
             "model_sig": self.model_sig, "store_fingerprint": self.store.fingerprint,
             "config": to_dict(self.cfg), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "loader": self.loader.state_dict(),
+            "graph": self.graph.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "step": self.p.step, "epoch": self.p.epoch, "counters": dict(self.p.counters),
-            "policy_counters": dict(self.ctx.counters), "history": list(self.p.history),
-            "seconds": dict(self.clock.seconds), "complete": complete,
+            "history": list(self.p.history), "seconds": dict(self.clock.seconds), "complete": complete,
         }
 
     def save(self, complete: bool = False) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not dist.is_main_process():
             return
         save_checkpoint(self.checkpoint_path, self._state(complete))
         self.clock.lap("checkpoint")
@@ -215,13 +186,11 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.loader.load_state_dict(ckpt["loader"])
+        self.graph.load_state_dict(ckpt["graph"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.p = _Progress(ckpt["step"], ckpt["epoch"], dict(ckpt["counters"]), list(ckpt["history"]))
-        self.ctx.counters.update(ckpt["policy_counters"])
-        self._carved = {k: v for k, v in self.ctx.counters.items() if k.startswith("time/")}
         self.clock.seconds.update(ckpt["seconds"])
         log.info("resumed from %s at step %d (epoch %d)", path, self.p.step, self.p.epoch)
         return True
@@ -252,27 +221,19 @@ class Trainer:
                 signal.signal(s, h)
 
     # ---------------------------------------------------------------- evaluation
-    @torch.inference_mode()
     def evaluate(self) -> Dict[str, float]:
         """Test error and mean loss over the whole test split."""
         was_training = self.model.training
         self.model.eval()
-        if self._test_cache is None:  # normalised once; the test split is read-only
-            t, m, s, bs = self.store.test, self.store.meta["mean"], self.store.meta["std"], self.cfg.eval_batch_size
-            self._test_cache = [load_eval(t, m, s, i, min(i + bs, len(t))) for i in range(0, len(t), bs)]
-        wrong, loss_sum, n = 0, 0.0, 0
-        for b in self._test_cache:
-            x = b["x"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            y = b["y"].to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            wrong += (logits.argmax(1) != y).sum().item()
-            n += len(y)
-        self.model.train(was_training)
-        return {"test_error": wrong / n, "test_loss": loss_sum / n}
+        if self._test_cache is None:  # loaded once; the test split is read-only
+            self._test_cache = self.task.eval_batches(self.cfg.eval_batch_size)
+        try:
+            return self.task.evaluate(self.model, self._test_cache, self.device, self.autocast)
+        finally:
+            self.model.train(was_training)
 
-    def _autocast(self):
+    def autocast(self):
+        """The training forward's autocast context (AMP on CUDA when ``amp``; else a no-op)."""
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast("cuda", dtype=self.amp_dtype)
@@ -282,17 +243,17 @@ class Trainer:
             return  # already evaluated at this step (e.g. an epoch end just before a resume)
         r = self.evaluate()
         self.clock.lap("evaluation")
+        counters = self.graph.counters()
         row = {"step": self.p.step, "epoch": self.p.epoch, "wall_s": round(self.clock.train_s, 4),
                "examples_seen": self.p.counters["examples_backpropagated"], **r,
-               "examples_forwarded": self.p.counters["examples_forwarded"],
-               **{k: v for k, v in self.ctx.counters.items() if not k.startswith("time/")}}
+               "examples_forwarded": self.p.counters["examples_forwarded"], **counters}
         self.p.history.append(row)
         if self.tracker is not None:
             t = self.tracker
             t.log({"test/error": r["test_error"], "test/loss": r["test_loss"],
                    "time/train_s": self.clock.train_s, **{f"time/{k}_s": v for k, v in self.clock.seconds.items()},
                    **{f"count/{k}": v for k, v in self.p.counters.items()},
-                   **{f"count/{k}": v for k, v in self.ctx.counters.items()}}, step=self.p.step)
+                   **{f"count/{k}": v for k, v in counters.items()}}, step=self.p.step)
             t.log({"test/error_by_examples": r["test_error"]}, step=int(row["examples_seen"]))
             t.log({"test/error_by_train_ms": r["test_error"]}, step=int(self.clock.train_s * 1000))
             t.flush()
@@ -304,12 +265,12 @@ class Trainer:
         return (batch["epoch"] + (batch["index"] + 1) / batch["num_batches"]) / self.cfg.epochs
 
     def _step(self, batch: Dict[str, Any]) -> None:
-        x = batch["x"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        y = batch["y"].to(self.device, non_blocking=True)
-        with self._autocast():
-            logits = self.model(x)
-        losses = F.cross_entropy(logits.float(), y, reduction="none")
-        loss = losses.mean()
+        x, y = self.task.to_device(batch, self.device)
+        with self.autocast():
+            out = self.task.forward(self.model, x)
+        losses = self.task.losses(out, y)
+        weight = batch.get("weight")  # a "weight"-slot method's per-example loss weights
+        loss = losses.mean() if weight is None else (losses * weight.to(self.device, non_blocking=True)).mean()
         self.clock.lap("forward")
         check_now = self.device.type == "cpu" or self.p.step % max(self.cfg.log_every, 1) == 0
         if check_now and not torch.isfinite(loss):  # on CUDA only at log steps: this is a sync point
@@ -317,10 +278,8 @@ class Trainer:
             raise FloatingPointError(
                 f"non-finite training loss at step {self.p.step} (epoch {self.p.epoch}) on example ids "
                 f"{bad}: lower train.lr, or check those examples in the store")
-        if self.ctx.listeners:  # one device-to-host copy, shared by every listener
-            published = losses.detach().float().cpu()
-            for listener in self.ctx.listeners:
-                listener(batch["ids"], published, self.p.step)
+        if self.graph.listens:  # one device-to-host copy, shared by every listener
+            self.graph.observe(batch["ids"], losses.detach().float().cpu(), self.p.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.clock.lap("backward")
@@ -337,17 +296,13 @@ class Trainer:
         if self.tracker is not None and self.cfg.log_every and self.p.step % self.cfg.log_every == 0:
             self.tracker.log({"train/loss": loss.item(), "train/lr": lr}, step=self.p.step)
 
-    def _carve_policy_time(self) -> None:
-        """Policies run inside ``next(loader)``; move the seconds they report as ``time/<phase>_s``
-        counters out of the data phase into their own phase (e.g. ``selection``)."""
-        for k, v in self.ctx.counters.items():
-            if k.startswith("time/") and k.endswith("_s"):
-                delta = v - self._carved.get(k, 0.0)
-                if delta:
-                    phase = k[5:-2]
-                    self.clock.seconds[phase] = self.clock.seconds.get(phase, 0.0) + delta
-                    self.clock.seconds["data"] -= delta
-                    self._carved[k] = v
+    def _carve_selection_time(self) -> None:
+        """Selection forwards run inside ``next(loader)``, through the ModelHandle: move their
+        seconds out of the data phase into ``selection``."""
+        delta = self.handle.seconds - self._carved
+        if delta:
+            self.clock.move(delta, "data", "selection")
+            self._carved = self.handle.seconds
 
     def _eval_due_by_time(self) -> bool:
         if not self.cfg.eval_every_s:
@@ -376,13 +331,13 @@ class Trainer:
             self.resume(resume, strict=True)
         cfg = self.cfg
         self.model.train()
-        self.clock._t = time.perf_counter()
+        self.clock.restart()
         bar = tqdm(total=None, desc=f"train {cfg.label}", disable=None, leave=False, initial=self.p.step)
         try:
             self._loop(bar)
         finally:
             bar.close()
-            self.ctx.close()  # stop policy workers (e.g. the AutoAssist assistant), also on errors
+            self.graph.shutdown()  # stop method workers (e.g. the AutoAssist assistant), also on errors
         self._eval_point()
         self.save(complete=True)
         return TrainResult(self._summary(), list(self.p.history), self.model, self.checkpoint_path)
@@ -398,7 +353,7 @@ class Trainer:
                     except StopIteration:
                         break
                     self.clock.lap("data")
-                    self._carve_policy_time()
+                    self._carve_selection_time()
                     self._step(batch)
                     bar.update(1)
                     if (cfg.eval_every and self.p.step % cfg.eval_every == 0) or self._eval_due_by_time():
@@ -421,20 +376,20 @@ class Trainer:
 
     def _summary(self) -> Dict[str, Any]:
         last = self.p.history[-1]
+        selection = next((s for m, c in self.cfg.stack if (s := m.selection(c)) is not None),
+                         {"batch_size": self.cfg.input.batch_size, "mode": "eval", "precision": "fp32"})
         return {
-            "label": self.cfg.label, "policy": self.cfg.policy, "seed": self.cfg.seed,
+            "label": self.cfg.label, "methods": to_dict(self.cfg)["methods"], "seed": self.cfg.seed,
             "final_test_error": last["test_error"], "final_test_loss": last["test_loss"],
             "train_s": round(self.clock.train_s, 3), "steps": self.p.step, "epochs": self.p.epoch,
             "examples_forwarded": self.p.counters["examples_forwarded"],
             "examples_backpropagated": self.p.counters["examples_backpropagated"],
-            "policy_counters": dict(self.ctx.counters),
+            "counters": self.graph.counters(),
             "seconds": {k: round(v, 3) for k, v in self.clock.seconds.items()},
             "store_fingerprint": self.store.fingerprint, "device": str(self.device),
             "torch_threads": torch.get_num_threads(),
             # what the report needs to measure this run's per-example costs (modelled speedups)
-            "model": self.model_sig, "image_shape": list(self.store.image_shape),
-            "num_classes": self.store.num_classes, "batch_size": self.cfg.input.batch_size,
-            "selection_batch_size": self.cfg.sb.selection_batch_size,
-            "selection_mode": self.cfg.sb.selection_mode, "channels_last": self.cfg.channels_last,
-            "selection_precision": self.cfg.sb.selection_precision,
+            "model": self.model_sig, "task": self.task.name, "spec": self.task.spec_dict(),
+            "num_classes": self.task.num_classes, "batch_size": self.cfg.input.batch_size,
+            "channels_last": self.cfg.channels_last, "selection": selection,
         }

@@ -6,10 +6,11 @@ import logging
 
 import numpy as np
 
-from selectkit.config import ChooseConfig, TrackingConfig, load_params, load_section, to_dict
+from selectkit.config import TrackingConfig, load_params, load_section, to_dict
+from selectkit.methods.svp.artifacts import choose_subset, write_subset
+from selectkit.methods.svp.config import ChooseConfig
 from selectkit.report import expand_runs
 from selectkit.store import Store
-from selectkit.subsets import choose_subset, write_subset
 from selectkit.tracking import Tracker
 
 

@@ -1,13 +1,14 @@
-"""DVC stage `features` (AutoAssist): cheap per-example features of the store's train split,
-computed once and read memory-mapped by the gate (``train.autoassist.features``)."""
+"""DVC stage `features` (AutoAssist): the task's cheap per-example features of the store's train
+split, computed once and read memory-mapped by the gate (``train.methods.autoassist.features``)."""
 
 import argparse
 import logging
 import time
 
 from selectkit.config import TrackingConfig, load_section
-from selectkit.features import pooled_pixels, write_features
+from selectkit.methods.autoassist.features import write_features
 from selectkit.store import Store
+from selectkit.tasks import task_for
 from selectkit.tracking import Tracker
 
 
@@ -21,11 +22,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tracking = load_section(args.params, "tracking", TrackingConfig)
     store = Store(args.store)
-    with Tracker(tracking, stage="features").run({"features": {"kind": "pooled_pixels",
+    task = task_for(store)
+    with Tracker(tracking, stage="features").run({"features": {"task": task.name,
                                                                "downsample": args.downsample}}) as t:
         t0 = time.perf_counter()
-        feats = pooled_pixels(store, args.downsample)
-        write_features(args.out, feats, {"store_fingerprint": store.fingerprint, "kind": "pooled_pixels",
+        feats = task.features(downsample=args.downsample)
+        write_features(args.out, feats, {"store_fingerprint": store.fingerprint, "kind": f"{task.name} features",
                                          "downsample": args.downsample})
         t.finish({"features_s": time.perf_counter() - t0, "rows": feats.shape[0], "dim": feats.shape[1]})
 

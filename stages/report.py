@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 
 from selectkit.config import ReportConfig, TrackingConfig, load_params, load_section, to_dict
-from selectkit.report import (attach_costs, clean_json, expand_runs, load_run, markdown, plot, plot_autoassist,
-                              summarise,
-                              svp_analysis, svp_markdown)
+from selectkit.io import atomic_write_text
+from selectkit.methods.svp.report import svp_analysis, svp_markdown
+from selectkit.report import attach_costs, clean_json, expand_runs, load_run, markdown, method_plots, plot, summarise
 from selectkit.store import Store
-from selectkit.tracking import Tracker, atomic_write_text
+from selectkit.tracking import Tracker
 
 
 def main() -> None:
@@ -23,8 +23,6 @@ def main() -> None:
     ap.add_argument("--svp-proxies", nargs="*", default=[], help="SVP: proxies' scores dirs ({proxy_seed} expands)")
     ap.add_argument("--svp-target", default=None, help="SVP: scores dir of a target trained on all data")
     ap.add_argument("--svp-subsets", nargs="*", default=[], help="SVP: subset dirs ({kind}, {fraction} expand)")
-    ap.add_argument("--autoassist-plot", action="store_true",
-                    help="also write autoassist.png (assistant accuracy and safeguard rate over time)")
     ap.add_argument("--store", default=None, help="SVP: the store (for class distributions)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -49,10 +47,7 @@ def main() -> None:
         atomic_write_text(out / "summary.md", text)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         plot(runs, out / "error_vs_time.png", summary)
-        names = ["summary.md", "summary.json", "error_vs_time.png"]
-        if args.autoassist_plot:
-            plot_autoassist(runs, out / "autoassist.png")
-            names.append("autoassist.png")
+        names = ["summary.md", "summary.json", "error_vs_time.png"] + method_plots(runs, out)
         for name in names:
             t.log_artifact(out / name)
         t.finish({"baseline_final_error": summary["baseline_final_error"]})

@@ -11,9 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from selectkit.config import TrackingConfig, load_section, load_train_config, to_dict
+from selectkit.io import save_model
 from selectkit.store import Store
 from selectkit.tracking import Tracker
 from selectkit.train import Trainer
@@ -48,11 +47,8 @@ def main() -> None:
     try:
         with tracker.run({args.section: to_dict(cfg)}, tags=tags) as t:
             result = trainer.fit(resume=None if args.resume == "never" else args.resume)
-            out.mkdir(parents=True, exist_ok=True)
-            tmp = out / ".model.pt.tmp"
-            torch.save({"model_sig": trainer.model_sig, "state_dict": result.model.state_dict(),
-                        "store_fingerprint": store.fingerprint, "config": to_dict(cfg)}, tmp)
-            tmp.replace(out / "model.pt")
+            save_model(out / "model.pt", result.model, model_sig=trainer.model_sig, task=trainer.task,
+                       config=to_dict(cfg))
             t.finish(result.metrics, metrics_path=out / "metrics.json", curve=result.curve,
                      curve_path=out / "curve.csv")
     except KeyboardInterrupt as e:

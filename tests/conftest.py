@@ -51,7 +51,7 @@ def make_npz(tmp_path):
 
 def tiny_train_cfg(**overrides):
     """A TrainConfig that trains a small CNN on digits in well under a second."""
-    from selectkit.config import TrainConfig, from_dict
+    from selectkit.config import train_config
 
     values = {"model": {"name": "cnn", "args": {"channels": [8, 16]}}, "epochs": 2,
               "input": {"batch_size": 64, "prefetch": 2}, "eval_every": 10, "log_every": 5,
@@ -61,4 +61,4 @@ def tiny_train_cfg(**overrides):
             values[k] = {**values[k], **v}
         else:
             values[k] = v
-    return from_dict(TrainConfig, values, "train")
+    return train_config(values, "train")

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 from selectkit.config import ConfigError, TrackingConfig
-from selectkit.features import pooled_pixels, read_features, write_features
-from selectkit.graph import GraphContext, build_input_graph
-from selectkit.methods.autoassist import Assistant, ema, gate_draw, pass_probability, sigmoid
-from selectkit.nodes.autoassist import AssistantFailed, AssistantWorker, AutoAssistGate
+from selectkit.graph import build_input_graph, candidate_ids
+from selectkit.methods.autoassist.features import read_features, write_features
+from selectkit.methods.autoassist.functions import Assistant, ema, gate_draw, pass_probability, sigmoid
+from selectkit.methods.autoassist.node import AssistantFailed, AssistantWorker, AutoAssistGate, Publisher
 from selectkit.nodes.sampler import IdBatchSampler
+from selectkit.tasks import task_for
+from selectkit.tasks.image import pooled_pixels
 from selectkit.tracking import Tracker
 from selectkit.train import Trainer
 
@@ -26,8 +28,20 @@ from conftest import tiny_train_cfg
 KW = {"lr": 0.5, "weight_decay": 1e-4, "loss_ema": 0.05, "accuracy_ema": 0.1}
 
 
-def _aa(**kw):
-    return {"autoassist": {"enabled": True, **kw}}
+SB = {"beta": 1.0, "selection_batch_size": 64}
+
+
+def _aa(sb=None, **kw):
+    """A method stack with the AutoAssist gate (params ``kw``), and SB after it when given."""
+    return {"methods": {"autoassist": kw, **({"sb": sb} if sb is not None else {})}}
+
+
+def _find(trainer, cls):
+    """The node of type ``cls`` in a trainer's input graph."""
+    node = trainer.graph.root
+    while not isinstance(node, cls):
+        node = node.source
+    return node
 
 
 def _separable(n=4000, d=8, seed=0):
@@ -81,27 +95,28 @@ def test_pass_rate_follows_one_minus_lambda_plus_lambda_g():
 
 
 def _gate(store, mode="inline", shadow=False, seed=0):
-    feats = pooled_pixels(store, 2)
-    labels = np.asarray(store.train.y)
-    counters = {}
-    worker = AssistantWorker(feats, labels, store.num_classes, KW, mode=mode, counters=counters)
+    task = task_for(store)
+    feats = task.features(downsample=2)
+    labels = task.labels
+    worker = AssistantWorker(feats, labels, task.num_classes, KW, mode=mode)
     src = IdBatchSampler(np.arange(len(labels)), 64, seed=seed)
-    return AutoAssistGate(src, worker, feats, labels, store.fingerprint, seed=seed, shadow=shadow,
-                          counters=counters), counters
+    return AutoAssistGate(src, worker, feats, labels, task.fingerprint, seed=seed, shadow=shadow)
 
 
 def test_gate_passes_everything_while_lambda_is_zero(digits_store):
-    gate, c = _gate(digits_store)
+    gate = _gate(digits_store)
     gate.reset(None)
     out = np.concatenate([b["ids"] for b in gate])
     assert sorted(out.tolist()) == list(range(len(digits_store.train)))
+    c = gate.counters()
     assert c["aa/tested"] == 0 and c["aa/pass_rate"] == 1.0
-    gate.worker.close()
+    assert c["aa/candidates"] == c["aa/passed"] == len(digits_store.train)
+    gate.shutdown()
 
 
 def test_gate_pass_rate_on_fixed_assistant_per_class(digits_store):
     """A fixed assistant whose g depends only on the class: pass rates per class follow the rule."""
-    gate, c = _gate(digits_store)
+    gate = _gate(digits_store)
     gate.reset(None)
     k = digits_store.num_classes
     dim = gate.features.shape[1]
@@ -122,6 +137,7 @@ def test_gate_pass_rate_on_fixed_assistant_per_class(digits_store):
     want = pass_probability(sigmoid(w[dim:]), lam)
     sd = np.sqrt(want * (1 - want) / seen)
     assert (np.abs(passed / seen - want) < 5 * sd).all(), (passed / seen, want)
+    c = gate.counters()
     assert c["aa/lambda"] == lam and c["aa/safeguard_rate"] == pytest.approx(1 - lam)
     # max_lambda caps the trust: the same assistant at lambda 0.7 gates as if at 0.4
     gate.max_lambda = 0.4
@@ -133,38 +149,42 @@ def test_gate_pass_rate_on_fixed_assistant_per_class(digits_store):
         seen += np.bincount(labels, minlength=k)
     want = pass_probability(sigmoid(w[dim:]), 0.4)
     assert (np.abs(passed / seen - want) < 5 * np.sqrt(want * (1 - want) / seen)).all()
+    c = gate.counters()
     assert c["aa/lambda"] == lam and c["aa/safeguard_rate"] == pytest.approx(0.6)
-    gate.worker.close()
+    gate.shutdown()
 
 
 def test_rejected_examples_are_never_loaded(digits_store, monkeypatch):
-    from selectkit.nodes import load
+    from selectkit.tasks import image
 
     loaded = []
-    orig = load.LoadBatch.__call__
+    orig = image.LoadBatch.__call__
 
     def spy(self, item):
         if self.split is digits_store.train:  # (evaluation loads the test split the same way)
             loaded.extend(np.asarray(item["ids"]).tolist())
         return orig(self, item)
 
-    monkeypatch.setattr(load.LoadBatch, "__call__", spy)
+    monkeypatch.setattr(image.LoadBatch, "__call__", spy)
     cfg = tiny_train_cfg(epochs=3, **_aa(worker="inline", accuracy_ema=0.3), input={"prefetch": 0})
-    r = Trainer(digits_store, cfg).fit()
-    c = r.metrics["policy_counters"]
+    t = Trainer(digits_store, cfg)
+    r = t.fit()
+    c = r.metrics["counters"]
     assert c["aa/passed"] < c["aa/candidates"] == 3 * len(digits_store.train)
     assert len(loaded) == c["aa/passed"] == r.metrics["examples_forwarded"] == r.metrics["examples_backpropagated"]
-    assert r.metrics["label"] == "autoassist" and c["aa/updates"] == c["aa/published"] == r.metrics["steps"]
+    assert r.metrics["label"] == "autoassist" and c["aa/published"] == r.metrics["steps"]
+    # the inline assistant learnt from every step, and the final counters say so
+    assert _find(t, AutoAssistGate).worker.snapshot["assistant"]["updates"] == r.metrics["steps"]
+    assert c["aa/updates"] == c["aa/published"] == r.metrics["steps"]
 
 
 def test_autoassist_composes_with_sb_and_shadow_passes_all(digits_store):
-    r = Trainer(digits_store, tiny_train_cfg(epochs=2, policy="sb", sb={"beta": 1.0, "selection_batch_size": 64},
-                                             **_aa(accuracy_ema=0.3))).fit()
-    c = r.metrics["policy_counters"]
-    assert r.metrics["label"] == "autoassist+sb"
+    r = Trainer(digits_store, tiny_train_cfg(epochs=2, **_aa(sb=SB, accuracy_ema=0.3))).fit()
+    c = r.metrics["counters"]
+    assert r.metrics["label"] == "autoassist+sb" and list(r.metrics["methods"]) == ["autoassist", "sb"]
     assert c["sb/candidates"] == c["aa/passed"] < c["aa/candidates"]
     r = Trainer(digits_store, tiny_train_cfg(epochs=2, **_aa(accuracy_ema=0.3, shadow=True))).fit()
-    c = r.metrics["policy_counters"]
+    c = r.metrics["counters"]
     assert c["aa/passed"] == c["aa/candidates"] == r.metrics["examples_forwarded"]
     assert c["aa/would_pass"] < c["aa/candidates"]
 
@@ -177,7 +197,7 @@ def _leftovers():
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_workers_learn_and_leave_nothing_behind(digits_store, mode):
     r = Trainer(digits_store, tiny_train_cfg(epochs=2, **_aa(worker=mode))).fit()
-    c = r.metrics["policy_counters"]
+    c = r.metrics["counters"]
     assert c["aa/updates"] > 0 and c["aa/published"] == r.metrics["steps"]
     assert c["aa/updates"] + c["aa/dropped"] <= c["aa/published"]
     assert _leftovers() == ([], [])
@@ -241,15 +261,15 @@ def test_killed_worker_process_fails_within_bounded_time(digits_store):
     cfg = tiny_train_cfg(epochs=50, **_aa(worker="process"))
     trainer = Trainer(digits_store, cfg)
     killed = {}
+    worker = _find(trainer, AutoAssistGate).worker
 
     def killer(ids, losses, step):
         if step == 10 and not killed:
-            worker = trainer.ctx.closers[0].__self__
             killed["pid"] = worker._runner.pid
             os.kill(worker._runner.pid, signal.SIGKILL)
             worker._runner.join(10)
 
-    trainer.ctx.listeners.append(killer)
+    trainer.graph.listeners.append(("killer", killer))  # after the gate's Publisher
     t0 = time.monotonic()
     err = _run_bounded(trainer.fit)
     assert isinstance(err, AssistantFailed), err
@@ -258,72 +278,83 @@ def test_killed_worker_process_fails_within_bounded_time(digits_store):
 
 
 def test_nan_losses_are_named_and_not_learnt(digits_store, caplog):
-    gate, c = _gate(digits_store)
+    gate = _gate(digits_store)
     gate.reset(None)
+    publish = Publisher(gate.worker)
     ids = torch.arange(8)
     losses = torch.tensor([0.1, float("nan"), 0.3, 2.0, float("inf"), 0.5, 0.2, 1.0])
-    gate.observe(ids, losses, step=3)
-    assert c["aa/nan_losses"] == 2
+    publish(ids, losses, step=3)
+    c = publish.counters()
+    assert c["aa/nan_losses"] == 2 and c["aa/published"] == 1 and c["aa/dropped"] == 0
     assert "step 3 for example ids [1, 4] are not learnt from" in caplog.text
     assert gate.worker.snapshot["assistant"]["learnt"] == 6
-    gate.worker.close()
+    # the publisher's counters are checkpointed (by the graph) and restored
+    again = Publisher(gate.worker)
+    again.load_state_dict(publish.state_dict())
+    assert again.counters() == c
+    gate.shutdown()
 
 
 def test_full_queue_drops_and_counts_without_blocking(digits_store):
-    feats = pooled_pixels(digits_store, 2)
-    counters = {}
+    feats = pooled_pixels(digits_store.train.x, 2)
     worker = AssistantWorker(feats, np.asarray(digits_store.train.y), digits_store.num_classes, KW, mode="thread",
-                             queue_size=1,
-                             counters=counters)
+                             queue_size=1)
+    publish = Publisher(worker)
     # not started: nobody consumes, so the queue fills at once; publishing must still not block
     import queue as q
 
     worker._in, worker._out = q.Queue(1), q.Queue(1)
     t0 = time.monotonic()
-    for _ in range(50):
-        worker.publish(np.arange(4), np.ones(4, dtype=np.float32))
+    for step in range(50):
+        publish(torch.arange(4), torch.ones(4, dtype=torch.float32), step)
     assert time.monotonic() - t0 < 5  # a bound against blocking, not a timing claim
-    assert counters["aa/published"] == 50 and counters["aa/dropped"] == 49
+    c = publish.counters()
+    assert c["aa/published"] == 50 and c["aa/dropped"] == 49 and c["aa/queue_in"] == 1.0
+    assert worker.publish(np.arange(4), np.ones(4, dtype=np.float32)) is False and worker.queued() == 1.0
 
 
 def test_features_bad_input(digits_store, make_npz, tmp_path):
-    feats = pooled_pixels(digits_store, 2)
+    task = task_for(digits_store)
+    feats = pooled_pixels(digits_store.train.x, 2)
     assert feats.shape == (len(digits_store.train), 16) and feats.dtype == np.float32
+    assert np.array_equal(task.features(downsample=2), feats)
     write_features(tmp_path / "f", feats, {"store_fingerprint": digits_store.fingerprint})
-    assert np.array_equal(read_features(tmp_path / "f", digits_store), feats)
+    assert np.array_equal(read_features(tmp_path / "f", task), feats)
     with pytest.raises(FileNotFoundError, match="run the features stage"):
-        read_features(tmp_path / "nope", digits_store)
+        read_features(tmp_path / "nope", task)
     write_features(tmp_path / "short", feats[:-3], {"store_fingerprint": digits_store.fingerprint})
     with pytest.raises(ValueError, match=r"shape \(1435, 16\) but the store has 1438 train examples"):
-        read_features(tmp_path / "short", digits_store)
+        read_features(tmp_path / "short", task)
     write_features(tmp_path / "other", feats, {"store_fingerprint": "0123456789abcdef"})
     with pytest.raises(ValueError, match="computed from store 0123456789abcdef but training uses store"):
-        read_features(tmp_path / "other", digits_store)
+        read_features(tmp_path / "other", task)
 
 
 def test_autoassist_config_bad_input():
-    for kw, msg in (({"loss_ema": 1.0}, "train.autoassist.loss_ema"), ({"accuracy_ema": 0}, "accuracy_ema"),
-                    ({"queue_size": 0}, "train.autoassist.queue_size"), ({"worker": "gpu"}, "autoassist.worker")):
+    for kw, msg in (({"loss_ema": 1.0}, "train.methods.autoassist.loss_ema"), ({"accuracy_ema": 0}, "accuracy_ema"),
+                    ({"queue_size": 0}, "train.methods.autoassist.queue_size"),
+                    ({"worker": "gpu"}, "train.methods.autoassist.worker"),
+                    ({"enabled": True}, "train.methods.autoassist.enabled")):  # presence turns it on
         with pytest.raises(ConfigError, match=msg):
             tiny_train_cfg(**_aa(**kw))
 
 
-def test_features_from_the_graph_context_are_checked(digits_store, tmp_path):
-    feats = pooled_pixels(digits_store, 2)
+def test_features_read_by_the_graph_are_checked(digits_store, tmp_path):
+    feats = pooled_pixels(digits_store.train.x, 2)
     write_features(tmp_path / "f", feats[:10], {"store_fingerprint": digits_store.fingerprint})
     cfg = tiny_train_cfg(**_aa(features=str(tmp_path / "f")))
+    task = task_for(digits_store)
     with pytest.raises(ValueError, match="one row per id expected"):
-        build_input_graph(GraphContext(digits_store, cfg, torch.device("cpu")))
+        build_input_graph(task, cfg.stack, candidate_ids(task, None), batch_size=cfg.input.batch_size)
 
 
 def test_an_svp_subset_feeds_the_gate_and_sb(digits_store, tmp_path):
     ids = np.arange(0, len(digits_store.train), 3)
     np.save(tmp_path / "subset.npy", ids)
-    cfg = tiny_train_cfg(epochs=2, policy="sb", sb={"beta": 1.0, "selection_batch_size": 64},
-                         input={"subset": str(tmp_path / "subset.npy")}, **_aa(accuracy_ema=0.3))
+    cfg = tiny_train_cfg(epochs=2, input={"subset": str(tmp_path / "subset.npy")}, **_aa(sb=SB, accuracy_ema=0.3))
     t = Trainer(digits_store, cfg)
     seen = []
-    t.ctx.listeners.append(lambda i, losses, step: seen.extend(i.tolist()))
-    c = t.fit().metrics["policy_counters"]
+    t.graph.listeners.append(("seen", lambda i, losses, step: seen.extend(i.tolist())))
+    c = t.fit().metrics["counters"]
     assert c["aa/candidates"] == 2 * len(ids) and c["sb/candidates"] == c["aa/passed"]
     assert set(seen) <= set(ids.tolist())

@@ -1,6 +1,6 @@
 import pytest
 
-from selectkit.config import (ConfigError, DataConfig, TrainConfig, from_dict, load_params, load_train_config,
+from selectkit.config import (ConfigError, DataConfig, TrainConfig, from_dict, load_params, load_train_config, train_config,
                               load_section)
 
 
@@ -29,13 +29,53 @@ def test_wrong_type_names_key_and_value():
     ({"optimizer": "lbfgs"}, r"train.optimizer='lbfgs'.*one of \['sgd', 'adam'\]"),
     ({"milestones": [0.5, 1.5]}, r"train.milestones"),
     ({"epochs": 0}, r"train.epochs=0.*>= 1"),
-    ({"policy": "magic"}, r"train.policy='magic'.*traditional"),
+    ({"methods": {"magic": {}}}, r"not a registered method: registered are \['autoassist', 'sb', 'svp'\]"),
+    ({"methods": {"sb": {"beta": 0}}}, r"train.methods.sb.beta=0"),
+    ({"methods": {"sb": {"max_lambda": 0.5}}}, r"train.methods.sb.max_lambda.*of \['autoassist'\]: move it to "
+                                                r"train.methods.autoassist.max_lambda"),
+    ({"methods": {"sb": {"bta": 2}}}, r"unknown key 'train.methods.sb.bta'.*beta"),
+    ({"methods": {"svp": {}}}, r"svp runs as DVC stages.*input.subset"),
+    ({"methods": ["sb"]}, r"train.methods must map method names to their params"),
     ({"input": {"augment": "mixup"}}, r"input.augment='mixup'"),
     ({"device": "tpu"}, r"train.device='tpu'"),
 ])
 def test_out_of_range(values, match):
     with pytest.raises(ConfigError, match=match):
-        from_dict(TrainConfig, values, "train")
+        train_config(values, "train")
+
+
+@pytest.mark.parametrize("key", ["policy", "sb", "autoassist"])
+def test_keys_of_older_params_name_their_new_place(key):
+    from selectkit.config import train_config
+
+    with pytest.raises(ConfigError, match=rf"train.{key} is no longer a params key: .*train.methods"):
+        train_config({key: "sb" if key == "policy" else {}})
+
+
+def test_stack_order_and_label():
+    cfg = from_dict(TrainConfig, {"methods": {"sb": {}, "autoassist": {"worker": "inline"}}}, "train")
+    assert list(cfg.methods) == ["autoassist", "sb"] and cfg.label == "autoassist+sb"  # ids slot before batches
+    assert [m.name for m, _ in cfg.stack] == ["autoassist", "sb"]
+    assert cfg.methods["sb"].beta == 2.0  # each method's own defaults
+    assert from_dict(TrainConfig, {"methods": {"sb": None}}, "train").methods["sb"].window == 1024
+
+
+def test_two_methods_claiming_an_exclusive_slot():
+    import dataclasses
+
+    from selectkit.methods import METHODS, Method, register, unregister
+
+    @dataclasses.dataclass
+    class Cfg:
+        k: int = 1
+
+    register(Method("other_filter", "batches", Cfg, "a second batch filter", build=lambda n, c, m: n))
+    try:
+        with pytest.raises(ConfigError, match=r"methods \['sb', 'other_filter'\] all claim the 'batches' slot"):
+            from_dict(TrainConfig, {"methods": {"sb": {}, "other_filter": {}}}, "train")
+    finally:
+        unregister("other_filter")
+    assert "other_filter" not in METHODS
 
 
 def test_data_source_needs_path():

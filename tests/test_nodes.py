@@ -3,11 +3,13 @@ import pytest
 import torch
 from torchdata.nodes import IterableWrapper, Mapper, Prefetcher
 
-from selectkit.graph import GraphContext, build_input_graph, candidate_ids
-from selectkit.nodes import FilterRows, IdBatchSampler, LoadBatch, Rebatch
+from selectkit.graph import build_input_graph, candidate_ids
+from selectkit.nodes import FilterRows, IdBatchSampler, Rebatch
+from selectkit.tasks import task_for
+from selectkit.tasks.image import LoadBatch
 
 from conftest import tiny_train_cfg
-from resume_harness import check_resume, run_epoch
+from resume_harness import canon, check_resume, run_epoch
 
 
 def test_sampler_covers_every_id_once_per_epoch():
@@ -104,19 +106,54 @@ def test_resume_rebatch_behind_prefetch():
     check_resume(make, stop_after=4)
 
 
+def _graph(store, cfg):
+    task = task_for(store)
+    return build_input_graph(task, cfg.stack, candidate_ids(task, cfg.input.subset), batch_size=cfg.input.batch_size,
+                             seed=cfg.seed, augment=cfg.input.augment, prefetch=cfg.input.prefetch)
+
+
 def test_resume_whole_graph(digits_store):
     cfg = tiny_train_cfg(input={"augment": "crop_flip", "batch_size": 50})
-    make = lambda: build_input_graph(GraphContext(digits_store, cfg, torch.device("cpu"))).root
-    check_resume(make, stop_after=5)
+    check_resume(lambda: _graph(digits_store, cfg).root, stop_after=5)
 
 
 def test_subset_restricts_sampler(digits_store, tmp_path):
     ids = np.array([3, 9, 100, 7])
     np.save(tmp_path / "s.npy", ids)
     cfg = tiny_train_cfg(input={"subset": str(tmp_path / "s.npy"), "batch_size": 3})
-    loader = build_input_graph(GraphContext(digits_store, cfg, torch.device("cpu")))
-    seen = sorted(torch.cat([b["ids"] for b in loader]).tolist())
+    seen = sorted(torch.cat([b["ids"] for b in _graph(digits_store, cfg)]).tolist())
     assert seen == [3, 7, 9, 100]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sampler_shards_one_permutation_across_ranks(world_size):
+    ids = np.arange(100, 131)  # 31 ids: not a multiple of 2 or 3
+    shards = [np.concatenate([b["ids"] for b in run_epoch(IdBatchSampler(ids, 4, seed=7, rank=r,
+                                                                         world_size=world_size))])
+              for r in range(world_size)]
+    assert len({len(s) for s in shards}) == 1  # every rank takes the same number of steps
+    together = np.concatenate(shards)
+    assert set(together.tolist()) == set(ids.tolist()) and len(together) == -(-31 // world_size) * world_size
+    one = np.concatenate([b["ids"] for b in run_epoch(IdBatchSampler(ids, 31, seed=7))])
+    assert shards[0].tolist() == one[::world_size].tolist()  # rank 0's share of the same permutation
+    with pytest.raises(ValueError, match="rank=2 should be in"):
+        IdBatchSampler(ids, 4, rank=2, world_size=2)
+
+
+def test_rebatch_state_never_shares_what_it_handed_out():
+    items = [{"ids": np.arange(i * 5, i * 5 + 5), "x": torch.arange(i * 5, i * 5 + 5).float(), "epoch": 0,
+              "index": i, "num_batches": 4} for i in range(4)]
+    node = Rebatch(IterableWrapper(items), 7)
+    node.reset(None)
+    next(node)
+    state = node.state_dict()
+    expect = [canon(b) for b in run_epoch(Rebatch(IterableWrapper(items), 7), state)]
+    node = Rebatch(IterableWrapper(items), 7)
+    node.reset(state)
+    for b in node:  # a consumer that scribbles on what it receives
+        b["x"].mul_(-1)
+        b["ids"] = None
+    assert [canon(b) for b in run_epoch(Rebatch(IterableWrapper(items), 7), state)] == expect
 
 
 @pytest.mark.parametrize("ids, match", [
@@ -127,9 +164,9 @@ def test_subset_restricts_sampler(digits_store, tmp_path):
 def test_bad_subsets(digits_store, tmp_path, ids, match):
     np.save(tmp_path / "s.npy", ids)
     with pytest.raises(ValueError, match=match):
-        candidate_ids(digits_store, str(tmp_path / "s.npy"))
+        candidate_ids(task_for(digits_store), str(tmp_path / "s.npy"))
 
 
 def test_missing_subset(digits_store, tmp_path):
     with pytest.raises(FileNotFoundError, match="input.subset"):
-        candidate_ids(digits_store, str(tmp_path / "none.npy"))
+        candidate_ids(task_for(digits_store), str(tmp_path / "none.npy"))

@@ -36,6 +36,9 @@ def test_summary_speedups_measured_and_modelled():
     base = _run("traditional", "t0", _curve([(10, 0.20, 1000, 0), (20, 0.11, 2000, 0), (40, 0.10, 4000, 0)]), 0.10)
     fast = _run("sb", "s0", _curve([(5, 0.20, 300, 1000), (10, 0.105, 600, 2000), (20, 0.10, 1200, 4000)]), 0.10)
     never = _run("slow", "x0", _curve([(50, 0.5, 5000, 0)]), 0.5)
+    # another method's selection forwards count too: the report knows no method by name
+    assert modelled_seconds({"examples_seen": 600, "sb/selection_forwarded": 1000, "rho/selection_forwarded": 1000,
+                             "aa/selection_forwarded": float("nan")}, COSTS) == pytest.approx(0.11)
     s = summarise([base, fast, never], "traditional", [1.1, 2.0], costs={"k": COSTS})
     t11 = s["methods"]["sb"]["time_to_target"]["1.1x"]
     assert s["targets"]["1.1x"] == pytest.approx(0.11)
@@ -52,3 +55,15 @@ def test_summary_speedups_measured_and_modelled():
 def test_unknown_baseline():
     with pytest.raises(ValueError, match="report.baseline='trad' matches no run"):
         summarise([_run("traditional", "t", _curve([(1, 0.1, 1, 0)]), 0.1)], "trad", [1.1])
+
+
+def test_method_sections_come_from_the_registry():
+    counters = {"sb/candidates": 100.0, "sb/kept": 25.0, "sb/selection_forwarded": 100.0, "sb/stale_selected": 0.0,
+                "sb/node_s": 0.5, "sb/selection_s": 1.0}
+    base = _run("traditional", "t0", _curve([(10, 0.1, 100, 0)]), 0.1)
+    sb = {**_run("sb", "s0", _curve([(10, 0.1, 25, 100)]), 0.1), "counters": counters}
+    s = summarise([base, sb], "traditional", [1.1])
+    assert s["methods"]["sb"]["method_figures"]["sb"]["kept_fraction"] == 0.25
+    assert "method_figures" not in s["methods"]["traditional"]
+    table = markdown(s)
+    assert "Selective-Backprop" in table and "| sb | 25.0 % |" in table and "AutoAssist" not in table

@@ -1,20 +1,22 @@
-"""Selective-Backprop and Stale-SB: the pure functions, the node, and the policy in the trainer."""
+"""Selective-Backprop and Stale-SB: the pure functions, the node, and the method in the trainer."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
-from torchdata.nodes import Mapper
+from torchdata.nodes import Loader, Mapper
 
 from selectkit.config import ConfigError
-from selectkit.methods.sb import LossWindow, cdf, keep_probability, loss_threshold, select
+from selectkit.graph import InputGraph, collect_counters
+from selectkit.losstable import LossTable
+from selectkit.methods.sb.functions import LossWindow, cdf, keep_probability, loss_threshold, select
+from selectkit.methods.sb.node import SelectiveBackprop
 from selectkit.nodes import IdBatchSampler, Rebatch
-from selectkit.nodes.selective_backprop import SelectiveBackprop
 from selectkit.train import Trainer
 
 from conftest import tiny_train_cfg
-from resume_harness import check_resume, run_epoch
+from resume_harness import check_graph_resume, check_resume, run_epoch
 
 
 # ---------------------------------------------------------------- pure functions
@@ -99,9 +101,15 @@ def _synthetic(ids_batch):
 
 def make_sb(scorer=None, n=500, staleness=1, warmup=0, beta=2.0, bs=64, out_bs=32, seed=0, floor=0.0):
     src = Mapper(IdBatchSampler(np.arange(n), bs, seed=seed), _synthetic)
-    node = SelectiveBackprop(src, scorer or _Scorer(), n, "fp", beta=beta, window=256, floor=floor,
+    node = SelectiveBackprop(src, scorer or _Scorer(), LossTable(n), "fp", beta=beta, window=256, floor=floor,
                              warmup_epochs=warmup, staleness=staleness, seed=seed)
     return node, Rebatch(node, out_bs)
+
+
+def sb_graph(sb, node):
+    """The node in an InputGraph wired as build_input_graph wires it: the graph feeds the shared
+    loss table, then the node's listener, and checkpoints the table beside the loader."""
+    return InputGraph(Loader(node, restart_on_stop_iteration=False), node, sb.table, [("sb", sb.observe)], 64)
 
 
 def test_node_keeps_high_losses_and_emits_full_batches():
@@ -111,7 +119,7 @@ def test_node_keeps_high_losses_and_emits_full_batches():
     assert all(len(b["ids"]) == 32 for b in out[:-1])
     assert len(set(kept.tolist())) == len(kept)  # no example twice
     assert loss_of(kept).mean() > loss_of(np.arange(500)).mean() + 0.15
-    c = sb.counters
+    c = sb.counters()
     assert c["sb/candidates"] == 500 and c["sb/kept"] == len(kept) == c["sb/kept_fraction"] * 500
     assert c["sb/selection_forwarded"] == 500
 
@@ -134,30 +142,46 @@ def test_stale_sb_forwards_only_every_nth_epoch_and_pairs_losses_with_their_exam
         kept_per_epoch.append(np.concatenate([b["ids"] for b in run_epoch(node)]))
         rows_per_epoch.append(scorer.rows - before)
         # every stored loss belongs to the example that produced it
-        np.testing.assert_allclose(sb.table, loss_of(np.arange(500)), rtol=1e-6)
+        np.testing.assert_allclose(sb.table.values, loss_of(np.arange(500)), rtol=1e-6)
     assert rows_per_epoch == [500, 0, 0, 500, 0, 0]
-    assert sb.counters["sb/stale_selected"] == 4 * 500 and sb.counters["sb/selection_forwarded"] == 2 * 500
+    assert sb.counters()["sb/stale_selected"] == 4 * 500 and sb.counters()["sb/selection_forwarded"] == 2 * 500
     for kept in kept_per_epoch:  # stale epochs select by the same per-example losses
         assert loss_of(kept).mean() > loss_of(np.arange(500)).mean() + 0.1
 
 
 def test_training_losses_refresh_the_table():
     sb, node = make_sb(staleness=2)
+    graph = sb_graph(sb, node)
     run_epoch(node)
-    sb.observe(torch.tensor([3, 5]), torch.tensor([9.0, 7.0]), step=0)
+    graph.observe(torch.tensor([3, 5]), torch.tensor([9.0, 7.0]), step=0)  # what the trainer calls
     assert sb.table[3] == 9.0 and sb.table[5] == 7.0 and sb.table[4] == pytest.approx(loss_of(4))
+    # the stale epoch selects by the refreshed losses, without a forward overwriting them
+    kept = np.concatenate([b["ids"] for b in run_epoch(node)])
+    assert 3 in kept.tolist()  # the largest loss in the window: kept with probability 1
+    assert sb.table[3] == 9.0 and sb.table[5] == 7.0
+
+
+def test_warmup_training_losses_fill_the_window_until_selection_starts():
+    sb, node = make_sb(warmup=1)
+    run_epoch(node)  # warm-up: nothing selected
+    sb.observe(torch.tensor([3, 5]), torch.tensor([9.0, 7.0]), step=0)
+    assert sb.window.count == 2 and sorted(sb.window.current().tolist()) == [7.0, 9.0]
+    run_epoch(node)  # selection started: its own losses join the window, the trainer's no longer do
+    count = sb.window.count
+    sb.observe(torch.tensor([3]), torch.tensor([1.0]), step=1)
+    assert sb.window.count == count == 2 + 500
 
 
 def test_unscored_examples_get_a_forward_in_stale_epochs():
     scorer = _Scorer()
     sb, node = make_sb(scorer, staleness=3)
     run_epoch(node)
-    sb.table[:100] = np.nan  # e.g. examples that joined the candidate set since the last fresh epoch
+    sb.table.values[:100] = np.nan  # e.g. examples that joined the candidate set since the last fresh epoch
     before = scorer.rows
     run_epoch(node)  # epoch 1 is stale: only the batches holding unscored ids are forwarded
     forwarded = scorer.rows - before
     assert forwarded == 100
-    np.testing.assert_allclose(sb.table, loss_of(np.arange(500)), rtol=1e-6)
+    np.testing.assert_allclose(sb.table.values, loss_of(np.arange(500)), rtol=1e-6)
 
 
 def test_nan_losses_name_ids_and_epoch():
@@ -188,31 +212,46 @@ def test_resume_state_from_other_store_or_staleness():
 @pytest.mark.parametrize("staleness, stop_after", [(1, 5), (3, 3)])
 def test_resume_sb_node(staleness, stop_after):
     check_resume(lambda: make_sb(staleness=staleness)[1], stop_after=stop_after)
+    # with the trainer's losses fed back, stale epochs select by them: the loss table must resume too
+    check_graph_resume(lambda: sb_graph(*make_sb(staleness=staleness)), stop_after=stop_after)
+
+
+def test_node_state_holds_its_counters():
+    sb, node = make_sb()
+    node.reset(None)
+    next(node)
+    state = node.state_dict()
+    assert collect_counters(state) == sb.counters() and sb.counters()["sb/candidates"] > 0
+    sb2, node2 = make_sb()
+    node2.reset(state)
+    assert sb2.counters() == sb.counters()
 
 
 # ---------------------------------------------------------------- config and the trainer
 @pytest.mark.parametrize("values, match", [
-    ({"sb": {"beta": 0.0}}, r"train.sb.beta=0.0.*> 0"),
-    ({"sb": {"window": 0}}, r"train.sb.window=0"),
-    ({"sb": {"staleness": 0}}, r"train.sb.staleness=0"),
-    ({"sb": {"selection_mode": "half"}}, r"train.sb.selection_mode='half'"),
-    ({"policy": "sb", "sb": {"selection_batch_size": 32}, "input": {"batch_size": 64}},
-     r"train.sb.selection_batch_size=32.*>= input.batch_size \(64\)"),
-    ({"policy": "sb", "epochs": 2, "sb": {"warmup_epochs": 2}}, r"train.sb.warmup_epochs=2"),
+    ({"methods": {"sb": {"beta": 0.0}}}, r"train.methods.sb.beta=0.0.*> 0"),
+    ({"methods": {"sb": {"window": 0}}}, r"train.methods.sb.window=0"),
+    ({"methods": {"sb": {"staleness": 0}}}, r"train.methods.sb.staleness=0"),
+    ({"methods": {"sb": {"selection_mode": "half"}}}, r"train.methods.sb.selection_mode='half'"),
+    ({"methods": {"sb": {"selection_batch_size": 32}}, "input": {"batch_size": 64}},
+     r"train.methods.sb.selection_batch_size=32.*>= input.batch_size \(64\)"),
+    ({"methods": {"sb": {"warmup_epochs": 2}}, "epochs": 2}, r"train.methods.sb.warmup_epochs=2"),
 ])
 def test_sb_config_errors(values, match):
     with pytest.raises(ConfigError, match=match):
         tiny_train_cfg(**values)
 
 
-SB = {"policy": "sb", "sb": {"beta": 2.0, "selection_batch_size": 128}}
-STALE = {"policy": "sb", "sb": {"beta": 2.0, "selection_batch_size": 128, "staleness": 3}}
+SB = {"methods": {"sb": {"beta": 2.0, "selection_batch_size": 128}}}
+STALE = {"methods": {"sb": {"beta": 2.0, "selection_batch_size": 128, "staleness": 3}}}
 
 
 def test_sb_training_run_accounting(digits_store):
     r = Trainer(digits_store, tiny_train_cfg(epochs=4, **STALE)).fit()
     n = len(digits_store.train)
-    c = r.metrics["policy_counters"]
+    c = r.metrics["counters"]
+    assert r.metrics["label"] == "sb" and r.metrics["methods"]["sb"]["staleness"] == 3
+    assert r.metrics["selection"] == {"batch_size": 128, "mode": "eval", "precision": "fp32"}
     assert c["sb/candidates"] == 4 * n
     assert c["sb/selection_forwarded"] == 2 * n  # epochs 0 and 3 are fresh
     assert r.metrics["examples_backpropagated"] == c["sb/kept"] < 0.6 * 4 * n
@@ -221,25 +260,39 @@ def test_sb_training_run_accounting(digits_store):
     assert "sb/kept_fraction" in r.curve[-1]
 
 
+def test_graph_feeds_the_sb_nodes_table(digits_store):
+    """The SB node reads the graph's one LossTable, which the trainer's losses refresh."""
+    t = Trainer(digits_store, tiny_train_cfg(**SB))
+    node = t.graph.root
+    while not isinstance(node, SelectiveBackprop):
+        node = node.source
+    assert t.graph.loss_table is node.table and len(node.table.values) == len(digits_store.train)
+    assert t.graph.listens
+    t.graph.observe(torch.tensor([3, 5]), torch.tensor([9.0, 7.0]), step=0)
+    assert node.table[3] == 9.0 and node.table[5] == 7.0 and np.isnan(node.table[4])
+    assert node.window.count == 2  # nothing selected yet: the trainer's losses fill the window
+    assert t.graph.state_dict()["loss_table"]["values"][3] == 9.0
+
+
 def test_model_handle_checks_mode_and_device(digits_store):
     t = Trainer(digits_store, tiny_train_cfg(**SB))
     x = torch.randn(4, 1, 8, 8)
     y = torch.zeros(4, dtype=torch.long)
-    assert t.ctx.model.losses(x, y).shape == (4,) and t.model.training
+    assert t.handle.losses(x, y).shape == (4,) and t.model.training
     t.model.eval()
     with pytest.raises(RuntimeError, match="eval mode between training steps"):
-        t.ctx.model.losses(x, y)
+        t.handle.losses(x, y)
     t.model.train()
-    t.device = torch.device("meta")
+    t.handle.device = torch.device("meta")
     with pytest.raises(RuntimeError, match="model is on cpu but the trainer runs on meta"):
-        t.ctx.model.losses(x, y)
+        t.handle.losses(x, y)
 
 
 def test_bf16_selection_ranks_like_fp32(digits_store):
     t = Trainer(digits_store, tiny_train_cfg(**SB))
     b = next(iter(t.loader))
-    fp32 = t.ctx.model.losses(b["x"], b["y"])
-    bf16 = t.ctx.model.losses(b["x"], b["y"], precision="bf16")
+    fp32 = t.handle.losses(b["x"], b["y"])
+    bf16 = t.handle.losses(b["x"], b["y"], precision="bf16")
     assert bf16.dtype == torch.float32 and t.model.training
     torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.05)
     assert np.corrcoef(bf16.numpy(), fp32.numpy())[0, 1] > 0.99

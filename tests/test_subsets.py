@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from selectkit.config import ChooseConfig, ConfigError, DataConfig, from_dict
+from selectkit.config import ConfigError, DataConfig, from_dict
 from selectkit.graph import candidate_ids
+from selectkit.methods.svp.artifacts import (choose_subset, read_scores, read_subset, score_store, write_scores,
+                                             write_subset)
+from selectkit.methods.svp.config import ChooseConfig
 from selectkit.store import Store, prepare
-from selectkit.nodes.load import load_eval
-from selectkit.subsets import choose_subset, read_scores, read_subset, score_store, write_scores, write_subset
+from selectkit.tasks import task_for
 from selectkit.train import Trainer
 
 from conftest import tiny_train_cfg
@@ -24,7 +26,7 @@ def proxies(digits_store, tmp_path_factory):
     dirs = []
     for seed in (0, 1):
         r = Trainer(digits_store, tiny_train_cfg(epochs=1, seed=seed)).fit()
-        s = score_store(r.model, digits_store, torch.device("cpu"), 500)
+        s = score_store(r.model, task_for(digits_store), torch.device("cpu"), 500)
         write_scores(root / f"p{seed}", s, {"proxy_run": f"p{seed}", "store_fingerprint": digits_store.fingerprint})
         dirs.append(root / f"p{seed}")
     return dirs
@@ -40,13 +42,14 @@ def test_scores_cover_the_store_and_round_trip(proxies, digits_store):
 
 def test_embeddings_are_the_classifier_input_and_round_trip(digits_store, tmp_path):
     m = Trainer(digits_store, tiny_train_cfg(epochs=1)).model.eval()
-    s = score_store(m, digits_store, torch.device("cpu"), 300, embeddings=True)
-    x = load_eval(digits_store.train, digits_store.meta["mean"], digits_store.meta["std"], 0, 5)["x"]
+    task = task_for(digits_store)
+    s = score_store(m, task, torch.device("cpu"), 300, embeddings=True)
+    x = next(iter(task.train_batches(5)))["x"]  # the first 5 train examples, loaded as for scoring
     with torch.no_grad():
         want = torch.flatten(m.features(x), 1).numpy()
     assert s["embeddings"].shape == (len(digits_store.train), want.shape[1]) and s["embeddings"].dtype == np.float32
     np.testing.assert_allclose(s["embeddings"][:5], want, rtol=1e-4, atol=1e-5)
-    assert "embeddings" not in score_store(m, digits_store, torch.device("cpu"), 300)
+    assert "embeddings" not in score_store(m, task, torch.device("cpu"), 300)
     write_scores(tmp_path / "e", s, {"proxy_run": "e", "store_fingerprint": digits_store.fingerprint})
     assert read_scores(tmp_path / "e")[0]["embeddings"].shape == s["embeddings"].shape
 
@@ -64,7 +67,7 @@ def test_proxy_with_nan_outputs(digits_store):
     with torch.no_grad():
         m.classifier.bias.fill_(math.nan)
     with pytest.raises(FloatingPointError, match=r"proxy run x gives non-finite outputs for example ids \[0, 1"):
-        score_store(m, digits_store, torch.device("cpu"), source="proxy run x")
+        score_store(m, task_for(digits_store), torch.device("cpu"), source="proxy run x")
 
 
 def _cfg(**kw):
@@ -132,7 +135,7 @@ def test_subset_from_another_store(proxies, digits_store, tmp_path, make_npz):
     other = Store(tmp_path / "other")
     with pytest.raises(ValueError, match=rf"selected from store {digits_store.fingerprint} but training uses "
                                          rf"store {other.fingerprint}: rerun"):
-        candidate_ids(other, str(tmp_path / "sub"))
+        candidate_ids(task_for(other), str(tmp_path / "sub"))
 
 
 def test_scores_from_another_store(proxies, digits_store, tmp_path):

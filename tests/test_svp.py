@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from selectkit.methods.svp import (alternating, count, ids_hash, rank_sum, ranks, random_subset,
-                                   select_single, uncertainty)
+from selectkit.methods.svp.functions import (alternating, count, ids_hash, rank_sum, ranks, random_subset,
+                                             select_single, uncertainty)
 
 
 def test_metrics_hand_computed():

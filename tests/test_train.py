@@ -6,6 +6,7 @@ import torch
 
 from selectkit.checkpoint import read_checkpoint
 from selectkit.config import TrainConfig
+from selectkit.methods import METHODS
 from selectkit.train import Trainer, lr_at
 
 from conftest import FMNIST_DIR, tiny_train_cfg
@@ -51,46 +52,52 @@ class _Recorder:
             self.trainer.request_stop("test")
 
 
-# Every policy in the registry must resume exactly (a registry-driven test, as STYLE.md asks).
-POLICY_PARAMS = {
-    "traditional": {},
-    "sb": {"policy": "sb", "sb": {"beta": 1.0, "selection_batch_size": 128}},
-    "stale-sb": {"policy": "sb", "sb": {"beta": 1.0, "selection_batch_size": 128, "staleness": 2,
-                                        "warmup_epochs": 1}},
-    # the AutoAssist gate with a synchronous assistant and no prefetch thread: deterministic
-    "autoassist": {"autoassist": {"enabled": True, "worker": "inline", "accuracy_ema": 0.2},
-                   "input": {"prefetch": 0}},
-    "autoassist+sb": {"policy": "sb", "sb": {"beta": 1.0, "selection_batch_size": 128},
-                      "autoassist": {"enabled": True, "worker": "inline", "accuracy_ema": 0.2},
-                      "input": {"prefetch": 0}},
-}
+def _stacks():
+    """Every registered method on its own (its example params), plus Traditional, Stale-SB with a
+    warm-up, and the gate composed with SB: a registry-driven test, as STYLE.md asks."""
+    stacks = {"traditional": {}}
+    for m in METHODS.values():
+        if m.slot != "stages":
+            stacks[m.name] = {m.name: dict(m.example)}
+    stacks["stale-sb"] = {"sb": {**METHODS["sb"].example, "staleness": 2, "warmup_epochs": 1}}
+    stacks["autoassist+sb"] = {"autoassist": dict(METHODS["autoassist"].example), "sb": dict(METHODS["sb"].example)}
+    return stacks
 
 
-def test_every_policy_is_covered():
-    from selectkit.graph import POLICIES
-
-    assert {v.get("policy", "traditional") for v in POLICY_PARAMS.values()} == set(POLICIES)
+STACKS = _stacks()
 
 
-@pytest.mark.parametrize("policy, where", [(p, w) for p in sorted(POLICY_PARAMS) for w in (0.1, 0.5, 0.9)]
+def _cfg(name, prefetch=None, **over):
+    stack = STACKS[name]
+    # a method before loading reads its live state from the prefetch thread, which runs ahead of
+    # the trainer by a timing-dependent amount: bit-exact comparisons load in the training thread
+    before_load = any(METHODS[n].slot == "ids" for n in stack)
+    pf = prefetch if prefetch is not None else (0 if before_load else 2)
+    return tiny_train_cfg(epochs=3, input={"augment": "crop_flip", "prefetch": pf}, methods=stack, **over)
+
+
+def _listen(trainer, recorder):
+    trainer.graph.listeners.append(("test-recorder", recorder))
+
+
+@pytest.mark.parametrize("name, where", [(n, w) for n in sorted(STACKS) for w in (0.1, 0.5, 0.9)]
                          + [("traditional", 23)])  # step 23 ends epoch 1 (23 batches of 64)
-def test_resume_mid_epoch_is_equivalent(digits_store, tmp_path, policy, where):
-    params = dict(POLICY_PARAMS[policy])
-    cfg = tiny_train_cfg(epochs=3, input={"augment": "crop_flip", **params.pop("input", {})}, **params)
+def test_resume_mid_epoch_is_equivalent(digits_store, tmp_path, name, where):
+    cfg = _cfg(name)
     ref = Trainer(digits_store, cfg)
     rec = _Recorder()
-    ref.ctx.listeners.append(rec)
+    _listen(ref, rec)
     full = ref.fit()
     stop_at = where if isinstance(where, int) else max(1, int(where * full.metrics["steps"]))
 
     t1 = Trainer(digits_store, cfg, checkpoint_path=tmp_path / "ck.pt")
     first = _Recorder(t1, stop_at)
-    t1.ctx.listeners.append(first)
+    _listen(t1, first)
     with pytest.raises(KeyboardInterrupt, match=f"test at step {stop_at}; checkpoint saved"):
         t1.fit()
     t2 = Trainer(digits_store, cfg, checkpoint_path=tmp_path / "ck.pt")
     second = _Recorder()
-    t2.ctx.listeners.append(second)
+    _listen(t2, second)
     resumed = t2.fit(resume="auto")
 
     assert first.ids + second.ids == rec.ids  # the same batches, in the same order
@@ -98,7 +105,38 @@ def test_resume_mid_epoch_is_equivalent(digits_store, tmp_path, policy, where):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
     assert resumed.metrics["steps"] == full.metrics["steps"]
     assert [r["step"] for r in resumed.curve] == [r["step"] for r in full.curve]
+    assert resumed.metrics["counters"] == full.metrics["counters"] or _timing_only(resumed, full)
     assert read_checkpoint(tmp_path / "ck.pt")["complete"]
+
+
+def _timing_only(a, b) -> bool:
+    """Counters equal except seconds (``*_s``), which measure this machine, not the method."""
+    strip = lambda c: {k: v for k, v in c.items() if not k.endswith("_s") and k != "aa/queue_in"}
+    assert strip(a.metrics["counters"]) == strip(b.metrics["counters"])
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(n for n in STACKS if n != "traditional"))
+def test_counters_across_a_resume_with_a_prefetcher(digits_store, tmp_path, name):
+    """With a prefetch thread (which runs ahead of the trainer), counters saved in a checkpoint
+    count only what the trainer consumed: after a resume every candidate was offered to each
+    method exactly once per epoch, and what the last method passed is what was trained."""
+    cfg = _cfg(name, prefetch=2, eval_every=0)
+    n = len(digits_store.train)
+    t1 = Trainer(digits_store, cfg, checkpoint_path=tmp_path / "ck.pt")
+    _listen(t1, _Recorder(t1, 7))  # mid-epoch 0
+    with pytest.raises(KeyboardInterrupt):
+        t1.fit()
+    r = Trainer(digits_store, cfg, checkpoint_path=tmp_path / "ck.pt").fit(resume="auto")
+    c, stack = r.metrics["counters"], cfg.stack
+    first, last = stack[0][0], stack[-1][0]
+    warm = stack[0][1].warmup_epochs
+    assert c[first.offered] == (cfg.epochs - warm) * n
+    assert c[last.passed] == r.metrics["examples_backpropagated"] - (warm * n if len(stack) == 1 else 0)
+    for (m, _), (nxt, _) in zip(stack, stack[1:]):
+        assert c[m.passed] == c[nxt.offered]  # what the gate passed is what SB was offered
+    for m, _ in stack:
+        assert set(m.counters) <= set(c)
 
 
 def test_auto_resume_ignores_other_config_and_finished_runs(digits_store, tmp_path):

@@ -17,6 +17,15 @@ from torchdata.nodes import BaseNode
 Batch = Dict[str, Any]
 # Keys of a batch that describe its position rather than its rows.
 POSITION_KEYS = ("epoch", "index", "num_batches")
+# Where a node keeps its counters inside its state (selectkit.graph.collect_counters finds them).
+COUNTERS_KEY = "selectkit_counters"
+
+
+def copy_batch(batch: Batch) -> Batch:
+    """A batch whose dict and per-row arrays are its own: what a node stores in its state must
+    not change when the consumer mutates what the node handed out."""
+    return {k: v.clone() if isinstance(v, torch.Tensor) else np.array(v, copy=True) if isinstance(v, np.ndarray)
+            else v for k, v in batch.items()}
 
 
 def num_rows(batch: Batch) -> int:
@@ -113,7 +122,7 @@ class Rebatch(BaseNode[Batch]):
         super().reset(initial_state)
         if initial_state is not None:
             self.source.reset(initial_state[self.SOURCE_KEY])
-            self._buffer = list(initial_state[self.BUFFER_KEY])
+            self._buffer = [copy_batch(b) for b in initial_state[self.BUFFER_KEY]]
         else:
             self.source.reset(None)
             self._buffer = []
@@ -139,4 +148,4 @@ class Rebatch(BaseNode[Batch]):
         return merged if rest == 0 else slice_rows(merged, 0, n)
 
     def get_state(self) -> Dict[str, Any]:
-        return {self.SOURCE_KEY: self.source.state_dict(), self.BUFFER_KEY: list(self._buffer)}
+        return {self.SOURCE_KEY: self.source.state_dict(), self.BUFFER_KEY: [copy_batch(b) for b in self._buffer]}

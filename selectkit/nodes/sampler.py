@@ -21,33 +21,42 @@ class IdBatchSampler(BaseNode[Dict[str, Any]]):
     down, and the trainer's learning-rate schedule, see training progress without asking
     a node that may be running ahead in a prefetch thread.
 
+    With more than one process, every rank draws the same global permutation from (seed,
+    epoch) and takes its own shard of it (``rank``, ``rank + world_size``, ...); as in
+    ``torch.utils.data.DistributedSampler``, the permutation is padded with its first ids to a
+    multiple of ``world_size`` so every rank gets the same number of ids.
+
     Args:
         ids: the candidate example ids (e.g. all of the train split, or an SVP subset).
         batch_size: ids per emitted batch.
         seed: seeds the per-epoch permutations.
         shuffle: permute each epoch (False keeps ``ids`` order).
         drop_last: drop the last incomplete batch.
+        rank, world_size: this process's shard of the global permutation (0 and 1: all of it).
     """
 
     EPOCH_KEY = "epoch"
     INDEX_KEY = "index"
 
     def __init__(self, ids: np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = False):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
         super().__init__()
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 1 or len(ids) == 0:
             raise ValueError(f"ids must be a non-empty 1-D array, got shape {ids.shape}")
         if batch_size < 1:
             raise ValueError(f"{batch_size=} should be >= 1")
-        if drop_last and len(ids) < batch_size:
-            raise ValueError(f"{drop_last=} with {len(ids)=} < {batch_size=} would yield no batch")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"{rank=} should be in [0, {world_size=})")
         self.ids = ids
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
-        n = len(ids)
+        self.rank, self.world_size = rank, world_size
+        n = -(-len(ids) // world_size)  # ids per rank
+        if drop_last and n < batch_size:
+            raise ValueError(f"{drop_last=} with {n} ids per rank < {batch_size=} would yield no batch")
         self.num_batches = n // batch_size if drop_last else -(-n // batch_size)
         self._epoch = -1
         self._index = 0
@@ -64,10 +73,16 @@ class IdBatchSampler(BaseNode[Dict[str, Any]]):
         self._order = self.order(self._epoch)
 
     def order(self, epoch: int) -> np.ndarray:
-        """The ids in the order epoch ``epoch`` visits them."""
-        if not self.shuffle:
-            return self.ids
-        return self.ids[np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))]
+        """This rank's ids in the order epoch ``epoch`` visits them."""
+        ids = self.ids
+        if self.shuffle:
+            ids = ids[np.random.default_rng([self.seed, epoch]).permutation(len(ids))]
+        if self.world_size == 1:
+            return ids
+        pad = -len(ids) % self.world_size
+        if pad:
+            ids = np.concatenate([ids, np.resize(ids, pad)])
+        return ids[self.rank::self.world_size]
 
     def next(self) -> Dict[str, Any]:
         if self._index >= self.num_batches:

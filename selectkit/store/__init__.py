@@ -16,14 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
 
+from selectkit.io import fresh_dir, replace_dir  # noqa: F401  (re-exported)
 from selectkit.store.sources import Source, read_source
 
 log = logging.getLogger(__name__)
@@ -78,25 +77,6 @@ def _validate(src: Source) -> None:
                              f"to list all {int(y.max()) + 1} classes")
     if src.train_x.shape[1:] != src.test_x.shape[1:]:
         raise ValueError(f"train images are {src.train_x.shape[1:]} but test images {src.test_x.shape[1:]}")
-
-
-def fresh_dir(out: Path) -> Path:
-    """An empty temporary sibling of ``out`` to write an artifact into before ``replace_dir``."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished ``tmp`` directory to ``out`` by renames: readers see the old or the new
-    artifact, never half of one, and a crash before this keeps the old one."""
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_store(src: Source, out: str | Path) -> Dict[str, Any]:

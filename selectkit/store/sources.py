@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 
-from selectkit.config import DataConfig
 from selectkit.store.idx import find_idx, read_idx
+
+if TYPE_CHECKING:
+    from selectkit.config import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,19 +17,18 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
-from selectkit.config import ConfigError, to_dict
-from selectkit.methods import svp as svpf
-from selectkit.methods.svp import METRICS, ids_hash, uncertainty
+from selectkit.io import fresh_dir, replace_dir
+from selectkit.methods.svp import functions as svpf
+from selectkit.methods.svp.functions import METRICS, ids_hash, uncertainty
 from selectkit.models import classifier
-from selectkit.nodes.load import load_eval
-from selectkit.store import Store, fresh_dir, replace_dir
+from selectkit.store import Store
+from selectkit.validation import ConfigError, to_dict
 
 
 @torch.inference_mode()
-def score_store(model: torch.nn.Module, store: Store, device: torch.device, batch_size: int = 1000,
-                channels_last: bool = True, source: str = "proxy",
-                embeddings: bool = False) -> Dict[str, np.ndarray]:
-    """Run ``model`` once over the train split (eval mode, no graph) and score every example.
+def score_store(model: torch.nn.Module, task, device: torch.device, batch_size: int = 1000,
+                source: str = "proxy", embeddings: bool = False) -> Dict[str, np.ndarray]:
+    """Run ``model`` once over the task's train split (eval mode, no graph) and score every example.
 
     With ``embeddings`` the input of the model's last linear layer (the penultimate-layer
     embedding) is kept too, as ``embeddings`` (float32, one row per id).
@@ -38,17 +37,15 @@ def score_store(model: torch.nn.Module, store: Store, device: torch.device, batc
         FloatingPointError: non-finite outputs, naming the example ids and ``source``.
     """
     model.eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    split, mean, std = store.train, store.meta["mean"], store.meta["std"]
     probs, embs = [], []
     hook = None
     if embeddings:
         hook = classifier(model).register_forward_pre_hook(
             lambda _m, inp: embs.append(inp[0].detach().float().flatten(1).cpu().numpy()))
     try:
-        for i in range(0, len(split), batch_size):
-            b = load_eval(split, mean, std, i, min(i + batch_size, len(split)))
-            logits = model(b["x"].to(device).contiguous(memory_format=fmt)).float()
+        for b in task.train_batches(batch_size):
+            x, _ = task.to_device(b, device)
+            logits = task.forward(model, x).float()
             probs.append(torch.softmax(logits, dim=1).cpu().numpy())
     finally:
         if hook is not None:
@@ -58,8 +55,8 @@ def score_store(model: torch.nn.Module, store: Store, device: torch.device, batc
     if bad.size:
         raise FloatingPointError(f"{source} gives non-finite outputs for example ids {bad[:10].tolist()}: "
                                  f"retrain it (lower its lr) before scoring")
-    scores = uncertainty(p, np.asarray(split.y))
-    out = {"ids": np.arange(len(split), dtype=np.int64), **{k: v.astype(np.float32) for k, v in scores.items()}}
+    scores = uncertainty(p, task.labels)
+    out = {"ids": np.arange(len(task), dtype=np.int64), **{k: v.astype(np.float32) for k, v in scores.items()}}
     if embeddings:
         out["embeddings"] = np.concatenate(embs).astype(np.float32)
     return out

@@ -8,8 +8,8 @@ touch) and followed by a ``Rebatch`` that turns the kept rows into full training
 Epochs before ``warmup_epochs`` pass every candidate (Traditional). After that, every
 ``staleness``-th epoch is *fresh*: each candidate batch gets one selection forward (no graph)
 and its losses refresh the loss table. The other epochs are *stale*: losses come from the
-table, keyed by example id, with no forward at all. The trainer's own training forward of
-every kept example also refreshes the table (through ``observe``, a loss listener).
+table (the shared LossTable, keyed by example id) with no forward at all. The trainer's own
+training forward of every kept example also refreshes the table (the graph feeds it).
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ import numpy as np
 import torch
 from torchdata.nodes import BaseNode
 
-from selectkit.methods.sb import LossWindow, loss_threshold, select
-from selectkit.nodes.filter import Batch, take_rows
+from selectkit.losstable import LossTable, as_numpy
+from selectkit.methods.sb.functions import LossWindow, loss_threshold, select
+from selectkit.nodes.filter import COUNTERS_KEY, Batch, take_rows
+
+COUNTERS = ("sb/candidates", "sb/kept", "sb/selection_forwarded", "sb/stale_selected", "sb/kept_fraction",
+            "sb/loss_threshold", "sb/selection_s", "sb/node_s")
 
 
 class SelectiveBackprop(BaseNode[Batch]):
@@ -30,20 +34,20 @@ class SelectiveBackprop(BaseNode[Batch]):
 
     Args:
         source: upstream node yielding loaded candidate batches (``ids``, ``x``, ``y``, ``epoch``).
-        scorer: ``scorer(x, y) -> per-example losses`` (the trainer's ModelHandle.losses).
-        num_examples: size of the train split (the loss table's length).
+        scorer: ``scorer(x, y) -> per-example losses`` (a ModelHandle's ``losses``).
+        table: the shared LossTable (its length is the number of examples).
         fingerprint: the store's fingerprint (a resumed state must match it).
-        beta, window, floor, warmup_epochs, staleness: see selectkit.config.SBConfig.
+        beta, window, floor, warmup_epochs, staleness: see SBConfig (config.py beside this file).
         seed: seeds the keep/skip draws.
-        counters: a dict the trainer logs; this node adds ``sb/*`` counters and the
-            ``time/selection_s`` phase.
+
+    Its counters (``sb/*``, part of its state) come out through ``counters()``.
     """
 
-    SOURCE_KEY, WINDOW_KEY, RNG_KEY, TABLE_KEY, META_KEY = "source", "window", "rng", "table", "meta"
+    SOURCE_KEY, WINDOW_KEY, RNG_KEY, META_KEY = "source", "window", "rng", "meta"
 
-    def __init__(self, source: BaseNode[Batch], scorer, num_examples: int, fingerprint: str, *,
+    def __init__(self, source: BaseNode[Batch], scorer, table: LossTable, fingerprint: str, *,
                  beta: float, window: int, floor: float = 0.0, warmup_epochs: int = 0, staleness: int = 1,
-                 seed: int = 0, counters: Optional[Dict[str, float]] = None):
+                 seed: int = 0):
         super().__init__()
         if beta <= 0:
             raise ValueError(f"{beta=} should be > 0 (beta -> 0 keeps everything)")
@@ -51,23 +55,27 @@ class SelectiveBackprop(BaseNode[Batch]):
             raise ValueError(f"{floor=} should be in [0, 1]")
         if staleness < 1 or warmup_epochs < 0:
             raise ValueError(f"{staleness=} should be >= 1 and {warmup_epochs=} >= 0")
-        self.source, self.scorer = source, scorer
-        self.num_examples, self.fingerprint = num_examples, fingerprint
+        self.source, self.scorer, self.table = source, scorer, table
+        self.num_examples, self.fingerprint = table.num_examples, fingerprint
         self.beta, self.floor, self.warmup_epochs, self.staleness = beta, floor, warmup_epochs, staleness
-        self.seed = seed
-        self.window = LossWindow(window)
-        self.table = np.full(num_examples, np.nan, dtype=np.float32)
-        self.rng = np.random.default_rng([seed, 0x5B])
-        self.counters = counters if counters is not None else {}
-        for k in ("sb/candidates", "sb/kept", "sb/selection_forwarded", "sb/stale_selected", "sb/kept_fraction",
-                  "time/selection_s", "time/sb_node_s"):
-            self.counters.setdefault(k, 0.0)
-        self.counters.setdefault("sb/loss_threshold", float("nan"))
+        self.seed, self.window_size = seed, window
+        self._fresh_state()
+
+    def _fresh_state(self) -> None:
+        self.window = LossWindow(self.window_size)
+        self.rng = np.random.default_rng([self.seed, 0x5B])
+        self._counters: Dict[str, float] = {k: 0.0 for k in COUNTERS}
+        self._counters["sb/loss_threshold"] = float("nan")
+
+    def counters(self) -> Dict[str, float]:
+        """This node's counters as of the last batch it emitted (a copy)."""
+        return dict(self._counters)
 
     # ------------------------------------------------------------------ protocol
     def reset(self, initial_state: Optional[Dict[str, Any]] = None):
         super().reset(initial_state)
         if initial_state is None:
+            # a new epoch keeps the window, the draws and the counts; only the source restarts
             self.source.reset(None)
             return
         meta = initial_state[self.META_KEY]
@@ -78,11 +86,11 @@ class SelectiveBackprop(BaseNode[Batch]):
         self.source.reset(initial_state[self.SOURCE_KEY])
         self.window.load(initial_state[self.WINDOW_KEY])
         self.rng.bit_generator.state = initial_state[self.RNG_KEY]
-        self.table = np.array(initial_state[self.TABLE_KEY], dtype=np.float32)
+        self._counters = dict(initial_state[COUNTERS_KEY])
 
     def get_state(self) -> Dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict(), self.WINDOW_KEY: self.window.state(),
-                self.RNG_KEY: self.rng.bit_generator.state, self.TABLE_KEY: self.table.copy(),
+                self.RNG_KEY: self.rng.bit_generator.state, COUNTERS_KEY: dict(self._counters),
                 self.META_KEY: {"fingerprint": self.fingerprint, "num_examples": self.num_examples,
                                 "staleness": self.staleness}}
 
@@ -102,15 +110,16 @@ class SelectiveBackprop(BaseNode[Batch]):
                 if out is not None:
                     return out
         finally:
-            self.counters["time/sb_node_s"] += own
+            self._counters["sb/node_s"] += own
 
     def _process(self, batch: Batch):
         """(kept rows or None, seconds spent in selection forwards) for one candidate batch."""
         scored_s = 0.0
+        c = self._counters
         epoch = int(batch["epoch"])
         if epoch < self.warmup_epochs:
             return batch, scored_s
-        ids = batch["ids"].numpy() if isinstance(batch["ids"], torch.Tensor) else np.asarray(batch["ids"])
+        ids = as_numpy(batch["ids"])
         losses = self.table[ids]
         # Fresh epochs score every candidate; stale ones only those never scored (e.g. when
         # the candidate set grew), so every loss used belongs to its own example.
@@ -122,16 +131,16 @@ class SelectiveBackprop(BaseNode[Batch]):
             fresh = self.scorer(x, y).numpy()
             self._check_finite(fresh, ids[rows], epoch)
             losses[rows] = fresh
-            self.table[ids[rows]] = fresh
+            self.table.update(ids[rows], fresh)
             scored_s = time.perf_counter() - t0
-            self.counters["sb/selection_forwarded"] += len(rows)
-            self.counters["time/selection_s"] += scored_s
-        self.counters["sb/stale_selected"] += len(ids) - len(rows)
+            c["sb/selection_forwarded"] += len(rows)
+            c["sb/selection_s"] += scored_s
+        c["sb/stale_selected"] += len(ids) - len(rows)
         keep = select(losses, self.window, self.beta, self.floor, self.rng)
-        self.counters["sb/candidates"] += len(ids)
-        self.counters["sb/kept"] += int(keep.sum())
-        self.counters["sb/kept_fraction"] = self.counters["sb/kept"] / self.counters["sb/candidates"]
-        self.counters["sb/loss_threshold"] = loss_threshold(self.window.sorted(), self.beta)
+        c["sb/candidates"] += len(ids)
+        c["sb/kept"] += int(keep.sum())
+        c["sb/kept_fraction"] = c["sb/kept"] / c["sb/candidates"]
+        c["sb/loss_threshold"] = loss_threshold(self.window.sorted(), self.beta)
         if keep.all():
             return batch, scored_s
         if keep.any():
@@ -139,13 +148,10 @@ class SelectiveBackprop(BaseNode[Batch]):
         return None, scored_s
 
     def observe(self, ids: torch.Tensor, losses: torch.Tensor, step: int) -> None:
-        """Loss listener: the trainer's training forward refreshes the table (and, during
-        warm-up, fills the window so the first selective epoch starts with a full history)."""
-        ids_np = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
-        values = losses.numpy()  # the trainer hands listeners float32 CPU tensors
-        self.table[ids_np] = values
-        if not self.counters["sb/candidates"]:  # still in warm-up: nothing selected yet
-            self.window.push(values)
+        """Loss listener: during warm-up the trainer's losses fill the window, so the first
+        selective epoch starts with a full history. (The graph feeds the table itself.)"""
+        if not self._counters["sb/candidates"]:  # still in warm-up: nothing selected yet
+            self.window.push(as_numpy(losses))
 
     @staticmethod
     def _check_finite(losses: np.ndarray, ids: np.ndarray, epoch: int) -> None:

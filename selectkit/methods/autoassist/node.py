@@ -6,7 +6,7 @@
                    AssistantWorker (thread | process | inline)
                           ^  (ids, losses) per step (in queue, bounded; full -> dropped, counted)
                           |
-                   trainer's loss listener (the boss publishes after each training forward)
+                   Publisher, a loss listener (the boss publishes after each training forward)
 
 The gate sees only example ids, their cheap features and labels: a rejected example is never
 loaded, augmented or forwarded. The boss never waits for the assistant: publishing is a
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torchdata.nodes import BaseNode
 
-from selectkit.methods.autoassist import Assistant, gate_draw, snapshot_predict
-from selectkit.nodes.filter import Batch, take_rows
+from selectkit.losstable import as_numpy
+from selectkit.methods.autoassist.functions import Assistant, gate_draw, snapshot_predict
+from selectkit.nodes.filter import COUNTERS_KEY, Batch, take_rows
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class _Learner:
     """The assistant with its feature table: learns from published batches, returns snapshots.
 
     One implementation for every worker kind (thread, process, inline). Losses must be finite:
-    ``AutoAssistGate.observe`` names and removes non-finite ones before publishing.
+    ``Publisher`` names and removes non-finite ones before publishing.
     """
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int, kwargs: Dict[str, Any],
@@ -110,11 +111,10 @@ class AssistantWorker:
         mode: ``thread``, ``process`` (spawned; pickles features once at start) or ``inline``
             (updates synchronously inside ``publish``: deterministic, for tests and debugging).
         queue_size: capacity of the in-queue (published batches waiting for the assistant).
-        counters: the trainer's counters dict (``aa/*``).
     """
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int, kwargs: Dict[str, Any],
-                 mode: str = "thread", queue_size: int = 16, counters: Optional[Dict[str, float]] = None):
+                 mode: str = "thread", queue_size: int = 16):
         if mode not in ("thread", "process", "inline"):
             raise ValueError(f"autoassist.worker={mode!r} must be thread, process or inline")
         if queue_size < 1:
@@ -123,7 +123,6 @@ class AssistantWorker:
         self.features, self.labels, self.kwargs = features, np.asarray(labels, dtype=np.int64), kwargs
         self.num_classes = num_classes
         self.mode, self.queue_size = mode, queue_size
-        self.counters = counters if counters is not None else {}
         self._runner: Any = None
         self._in: Any = None
         self._out: Any = None
@@ -167,19 +166,22 @@ class AssistantWorker:
             self._error = traceback.format_exc()
 
     # ------------------------------------------------------------------ the boss's side
-    def publish(self, ids: np.ndarray, losses: np.ndarray) -> None:
-        """Hand one trained batch (finite losses) to the assistant; never blocks (a full queue drops it)."""
+    def publish(self, ids: np.ndarray, losses: np.ndarray) -> bool:
+        """Hand one trained batch (finite losses) to the assistant; never blocks. Returns False
+        when the in-queue was full and the batch was dropped."""
         self.check()
-        self.counters["aa/published"] = self.counters.get("aa/published", 0) + 1
         if self._inline is not None:
             self._latest = self._inline.learn(ids, losses)
-            return
+            return True
         try:
             self._in.put_nowait((ids, losses))
         except queue.Full:
-            self.counters["aa/dropped"] = self.counters.get("aa/dropped", 0) + 1
-        if self.mode == "thread":
-            self.counters["aa/queue_in"] = self._in.qsize()
+            return False
+        return True
+
+    def queued(self) -> float:
+        """Batches waiting for the assistant (thread worker only; NaN where not portable)."""
+        return float(self._in.qsize()) if self.mode == "thread" and self._in is not None else float("nan")
 
     # ------------------------------------------------------------------ the gate's side
     def latest(self) -> Optional[Dict[str, Any]]:
@@ -249,14 +251,30 @@ class AssistantWorker:
         self._in = self._out = None
 
 
+GATE_COUNTERS = ("aa/candidates", "aa/passed", "aa/tested", "aa/would_pass", "aa/gate_s", "aa/updates", "aa/update_s")
+ASSISTANT_FIGURES = ("aa/lambda", "aa/safeguard_rate", "aa/accuracy", "aa/positives", "aa/threshold", "aa/pass_rate")
+PUBLISH_COUNTERS = ("aa/published", "aa/dropped", "aa/publish_s", "aa/nan_losses")
+
+
+def assistant_figures(snap: Optional[Dict[str, Any]], max_lambda: float) -> Dict[str, float]:
+    """The assistant's figures (lambda, accuracy, T_k, updates) from a worker snapshot."""
+    if snap is None:
+        return {}
+    a = snap["assistant"]
+    return {"aa/lambda": a["lam"], "aa/safeguard_rate": 1.0 - min(a["lam"], max_lambda),
+            "aa/accuracy": a["accuracy"], "aa/positives": a["positives"], "aa/threshold": a["threshold"],
+            "aa/updates": a["updates"], "aa/update_s": snap["update_s"]}
+
+
 class AutoAssistGate(BaseNode[Batch]):
     """Passes each candidate id with probability ``(1 - lambda) + lambda * g`` (see
-    selectkit.methods.autoassist); emits the passed ids of each candidate batch (empty ones are
+    functions.py beside this file); emits the passed ids of each candidate batch (empty ones are
     skipped), for a ``Rebatch`` and the loader downstream.
 
     Args:
         source: a node yielding id batches (``ids``, ``epoch``, ...), e.g. IdBatchSampler.
-        worker: the AssistantWorker (started at the first reset, restarted on resume).
+        worker: the AssistantWorker (started at the first reset, restarted on resume, stopped
+            by ``shutdown``).
         features, labels: per-example features and labels, indexed by id.
         fingerprint: the store's fingerprint (a resumed state must match it).
         seed: seeds the gate's draws.
@@ -264,27 +282,32 @@ class AutoAssistGate(BaseNode[Batch]):
             letting it change training).
         warmup_epochs: epochs that pass everything (the reference accepts the whole first epoch).
         max_lambda: cap on the assistant's lambda (a minimum safeguard rate of ``1 - max_lambda``).
-        counters: the trainer's counters dict (``aa/*``).
+
+    Its counters (``aa/*`` of the gate's side, part of its state) come out through
+    ``counters()``; a prefetcher's snapshot of that state matches what the trainer consumed.
     """
 
     SOURCE_KEY, RNG_KEY, ASSISTANT_KEY, META_KEY = "source", "rng", "assistant", "meta"
 
     def __init__(self, source: BaseNode[Batch], worker: AssistantWorker, features: np.ndarray, labels: np.ndarray,
                  fingerprint: str, *, seed: int = 0, shadow: bool = False, warmup_epochs: int = 0,
-                 max_lambda: float = 1.0, counters: Optional[Dict[str, float]] = None):
+                 max_lambda: float = 1.0):
         super().__init__()
         self.source, self.worker = source, worker
         self.features, self.labels = features, np.asarray(labels, dtype=np.int64)
         self.fingerprint, self.shadow, self.warmup_epochs = fingerprint, shadow, warmup_epochs
-        self.max_lambda = max_lambda
+        self.max_lambda, self.seed = max_lambda, seed
         self.rng = np.random.default_rng([seed, 0xAA])
-        self.counters = counters if counters is not None else {}
-        for k in ("aa/candidates", "aa/passed", "aa/tested", "aa/would_pass", "aa/published", "aa/dropped",
-                  "aa/update_s", "aa/gate_s", "aa/publish_s", "aa/updates", "aa/nan_losses", "aa/queue_in"):
-            self.counters.setdefault(k, 0.0)
-        for k in ("aa/lambda", "aa/safeguard_rate", "aa/accuracy", "aa/positives", "aa/threshold", "aa/pass_rate"):
-            self.counters.setdefault(k, float("nan"))
+        self._counters = self._zero_counters()
         self._meta = {"fingerprint": fingerprint, "rows": int(features.shape[0]), "dim": int(features.shape[1])}
+
+    @staticmethod
+    def _zero_counters() -> Dict[str, float]:
+        return {**{k: 0.0 for k in GATE_COUNTERS}, **{k: float("nan") for k in ASSISTANT_FIGURES}}
+
+    def counters(self) -> Dict[str, float]:
+        """The gate's counters as of the last batch it emitted (a copy)."""
+        return dict(self._counters)
 
     def reset(self, initial_state: Optional[Dict[str, Any]] = None):
         super().reset(initial_state)
@@ -299,38 +322,33 @@ class AutoAssistGate(BaseNode[Batch]):
                              f"resume with the same store and features, or start afresh")
         self.source.reset(initial_state[self.SOURCE_KEY])
         self.rng.bit_generator.state = initial_state[self.RNG_KEY]
+        self._counters = dict(initial_state[COUNTERS_KEY])
         self.worker.start(initial_state[self.ASSISTANT_KEY])
 
     def get_state(self) -> Dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict(), self.RNG_KEY: self.rng.bit_generator.state,
-                self.ASSISTANT_KEY: self.worker.snapshot, self.META_KEY: dict(self._meta)}
+                self.ASSISTANT_KEY: self.worker.snapshot, self.META_KEY: dict(self._meta),
+                COUNTERS_KEY: dict(self._counters)}
+
+    def shutdown(self) -> None:
+        """Stop the assistant worker (bounded wait; leaves no thread or process behind)."""
+        self.worker.close()
 
     def next(self) -> Batch:
         while True:
             batch = next(self.source)
             t0 = time.perf_counter()
             out = self._gate(batch)
-            self.counters["aa/gate_s"] += time.perf_counter() - t0
+            self._counters["aa/gate_s"] += time.perf_counter() - t0
             if out is not None:
                 return out
-
-    def refresh_counters(self, snap: Optional[Dict[str, Any]] = None) -> None:
-        """Copy the assistant's figures (lambda, accuracy, T_k, updates) into the counters."""
-        snap = snap if snap is not None else self.worker.snapshot
-        if snap is None:
-            return
-        a = snap["assistant"]
-        self.counters.update({
-            "aa/lambda": a["lam"], "aa/safeguard_rate": 1.0 - min(a["lam"], self.max_lambda), "aa/accuracy": a["accuracy"],
-            "aa/positives": a["positives"], "aa/threshold": a["threshold"], "aa/updates": a["updates"],
-            "aa/update_s": snap["update_s"]})
 
     def _gate(self, batch: Batch) -> Optional[Batch]:
         snap = self.worker.latest()
         ids = np.asarray(batch["ids"])
         n = len(ids)
-        c = self.counters
-        self.refresh_counters(snap)
+        c = self._counters
+        self._counters.update(assistant_figures(snap, self.max_lambda))  # as seen by this decision
         if snap is not None and int(batch["epoch"]) >= self.warmup_epochs:
             lam = min(float(snap["assistant"]["lam"]), self.max_lambda)
         else:
@@ -353,17 +371,41 @@ class AutoAssistGate(BaseNode[Batch]):
             return None
         return take_rows(batch, np.flatnonzero(passed))
 
-    def observe(self, ids: torch.Tensor, losses: torch.Tensor, step: int) -> None:
-        """Loss listener (the boss): publish the trained batch's losses; NaNs are named, not learnt."""
+
+class Publisher:
+    """The boss's side, a loss listener: hands each trained batch's (ids, losses) to the
+    worker. Non-finite losses are named in a warning and not learnt from. Its counters are
+    checkpointed by the graph in the training thread, so they match the steps trained; the
+    assistant's figures it reports are those of the worker's newest snapshot (after the worker
+    drained, once training ended: the final ones)."""
+
+    def __init__(self, worker: AssistantWorker, max_lambda: float = 1.0):
+        self.worker, self.max_lambda = worker, max_lambda
+        self._counters = {k: 0.0 for k in PUBLISH_COUNTERS}
+        self._counters["aa/queue_in"] = float("nan")
+
+    def __call__(self, ids, losses, step: int) -> None:
         t0 = time.perf_counter()
-        ids_np = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
-        values = losses.numpy()  # the trainer hands listeners float32 CPU tensors
+        ids_np, values = as_numpy(ids), as_numpy(losses)  # the trainer hands float32 CPU tensors
+        c = self._counters
         bad = ~np.isfinite(values)
         if bad.any():
-            self.counters["aa/nan_losses"] += int(bad.sum())
+            c["aa/nan_losses"] += int(bad.sum())
             log.warning("AutoAssist: non-finite losses at step %d for example ids %s are not learnt from",
                         step, ids_np[bad][:10].tolist())
             ids_np, values = ids_np[~bad], values[~bad]
         if len(ids_np):
-            self.worker.publish(np.array(ids_np, dtype=np.int64), values)
-        self.counters["aa/publish_s"] += time.perf_counter() - t0
+            c["aa/published"] += 1
+            if not self.worker.publish(np.array(ids_np, dtype=np.int64), values):
+                c["aa/dropped"] += 1
+            c["aa/queue_in"] = self.worker.queued()
+        c["aa/publish_s"] += time.perf_counter() - t0
+
+    def counters(self) -> Dict[str, float]:
+        return {**self._counters, **assistant_figures(self.worker.snapshot, self.max_lambda)}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {COUNTERS_KEY: dict(self._counters)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._counters = dict(state[COUNTERS_KEY])

@@ -1,0 +1,44 @@
+"""Selective-Backprop and Stale-SB (Jiang et al., 2019): a node after loading that keeps each
+candidate with probability CDF_R(loss) ** beta. See README.md beside this file."""
+
+from __future__ import annotations
+
+from selectkit.methods.base import Method, ReportSection
+from selectkit.methods.sb.config import SBConfig, check_run
+from selectkit.methods.sb.report import markdown, summarise
+
+
+def build(node, ctx, cfg: SBConfig):
+    """SB / Stale-SB: score candidates, keep by CDF_R(loss) ** beta, re-batch the kept rows."""
+    from selectkit.methods.sb.node import SelectiveBackprop
+    from selectkit.nodes.filter import Rebatch
+
+    if ctx.model is None:
+        raise ValueError("Selective-Backprop scores candidates with the live model: build the input graph "
+                         "with a model (selectkit.SelectiveLoader(..., model=model))")
+    handle = ctx.model
+    node = SelectiveBackprop(
+        node, lambda x, y: handle.losses(x, y, cfg.selection_mode, cfg.selection_precision), ctx.loss_table,
+        ctx.task.fingerprint, beta=cfg.beta, window=cfg.window, floor=cfg.floor,
+        warmup_epochs=cfg.warmup_epochs, staleness=cfg.staleness, seed=ctx.seed)
+    ctx.add_listener("sb", node.observe)
+    return Rebatch(node, ctx.batch_size)
+
+
+METHOD = Method(
+    name="sb",
+    slot="batches",
+    config=SBConfig,
+    title="Selective-Backprop / Stale-SB: backpropagate high-loss candidates only",
+    build=build,
+    candidate_batch_size=lambda cfg, batch_size: cfg.selection_batch_size,
+    check=check_run,
+    uses_loss_table=True,
+    offered="sb/candidates",
+    passed="sb/kept",
+    counters=("sb/candidates", "sb/kept", "sb/selection_forwarded", "sb/kept_fraction"),
+    selection=lambda cfg: {"batch_size": cfg.selection_batch_size, "mode": cfg.selection_mode,
+                           "precision": cfg.selection_precision},
+    report=ReportSection(summarise=summarise, markdown=markdown),
+    example={"beta": 1.0, "window": 64, "selection_batch_size": 64},
+)
