@@ -45,4 +45,4 @@ bench: env data
 	$(BIN)/python benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) .selectkit runs report data/store
+	rm -rf $(VENV) .selectkit results data/store

@@ -85,6 +85,7 @@ def repo(tmp_path):
     sh(d, "dvc", "init", "-q")
     sh(d, "dvc", "config", "--local", "core.analytics", "false")
     sh(d, "dvc", "config", "--local", "core.site_cache_dir", str(tmp_path / "dvc-site-cache"))
+    shutil.copy(ROOT / ".dvcignore", d / ".dvcignore")
     return d, experiment
 
 
@@ -111,29 +112,31 @@ def _by_stage(runs):
 def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     d, experiment = repo
     sh(d, "dvc", "repro")
-    for p in ("data/store/meta.json", "runs/traditional-0/model.pt", "runs/traditional-0/metrics.json",
-              "runs/traditional-0/curve.csv", "report/summary.md", "report/summary.json", "report/error_vs_time.png"):
+    for p in ("data/store/meta.json", "results/runs/traditional-0/model.pt", "results/runs/traditional-0/metrics.json",
+              "results/runs/traditional-0/curve.csv", "results/report/summary.md", "results/report/summary.json",
+              "results/report/error_vs_time.png"):
         assert (d / p).is_file(), p
+    assert not any((d / p).exists() for p in ("runs", "scores", "subsets", "target_scores", "report"))
     runs = _by_stage(_runs(experiment))
     # train: Traditional, the proxy, the SVP and random targets; score: the proxy and the all-data target
     assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 4, "score": 2, "choose": 2, "report": 1}
     assert all(r.info.status == "FINISHED" for v in runs.values() for r in v)
     train = [r for r in runs["train"] if r.data.tags["dvc.stage"] == "train@0"][0]
     assert train.data.tags["selectkit.pipeline"] == "e2e"
-    metrics = json.loads((d / "runs/traditional-0/metrics.json").read_text())
+    metrics = json.loads((d / "results/runs/traditional-0/metrics.json").read_text())
     assert train.data.metrics["final/final_test_error"] == pytest.approx(metrics["final_test_error"])
-    summary = json.loads((d / "report/summary.json").read_text())
+    summary = json.loads((d / "results/report/summary.json").read_text())
     assert summary["methods"]["traditional"]["final_test_error"]["mean"] == pytest.approx(metrics["final_test_error"])
     assert set(summary["methods"]) == {"traditional", "svp-0.5", "random-0.5"}
-    assert set(summary["svp"]["spearman_with_target"]) == {"runs/proxy-small-0", "ensemble (rank sum)"}
-    sub = json.loads((d / "subsets/svp-0.5/subset.json").read_text())
-    assert sub["rule"] == "single" and sub["proxies"][0]["proxy_run"] == "runs/proxy-small-0"
-    m = json.loads((d / "runs/svp-0.5-0/metrics.json").read_text())
+    assert set(summary["svp"]["spearman_with_target"]) == {"results/runs/proxy-small-0", "ensemble (rank sum)"}
+    sub = json.loads((d / "results/subsets/svp-0.5/subset.json").read_text())
+    assert sub["rule"] == "single" and sub["proxies"][0]["proxy_run"] == "results/runs/proxy-small-0"
+    m = json.loads((d / "results/runs/svp-0.5-0/metrics.json").read_text())
     assert m["examples_backpropagated"] == 2 * sub["size"]
     shown = json.loads(sh(d, "dvc", "metrics", "show", "--json").stdout)
     assert json.dumps(shown).count(str(metrics["final_test_error"])) >= 1
     plots = sh(d, "dvc", "plots", "show", "--json").stdout
-    assert "runs/traditional-0/curve.csv" in plots and "test_error" in plots
+    assert "results/runs/traditional-0/curve.csv" in plots and "test_error" in plots
 
     # a second repro does nothing
     sh(d, "dvc", "repro")
@@ -159,7 +162,24 @@ def test_bad_params_fail_before_work(repo):
     r = sh(d, "dvc", "repro", check=False)
     assert r.returncode != 0
     assert "unknown key 'train.epoch'" in r.stdout + r.stderr
-    assert not (d / "runs/traditional-0/metrics.json").exists()
+    assert not (d / "results/runs/traditional-0/metrics.json").exists()
+
+
+def test_selectkit_edit_marks_importing_stage_changed(repo):
+    """Every stage depends on the whole selectkit package: editing a module it imports changes it."""
+    d, _ = repo
+    sh(d, "dvc", "repro", "prepare")
+
+    def status():
+        return json.loads(sh(d, "dvc", "status", "--json", "prepare").stdout)
+
+    assert status() == {}
+    (d / "selectkit/__pycache__").mkdir(exist_ok=True)  # bytecode is not code (.dvcignore)
+    (d / "selectkit/__pycache__/stray.cpython-311.pyc").write_bytes(b"\0")
+    assert status() == {}
+    with open(d / "selectkit/store/__init__.py", "a") as f:  # stages/prepare.py imports selectkit.store
+        f.write("# an edit\n")
+    assert status() == {"prepare": [{"changed deps": {"selectkit": "modified"}}]}
 
 
 def test_sigterm_keeps_checkpoint_and_rerun_resumes(repo, digits_store):
@@ -207,12 +227,12 @@ train:
   eval_every_s: 0.05
   threads: 1
 method:
-  traditional: {{policy: traditional}}
-  sb: {{policy: sb, sb: {{beta: 2.0, selection_batch_size: 64}}}}
-  stale-sb: {{policy: sb, sb: {{beta: 2.0, selection_batch_size: 64, staleness: 3}}}}
-  autoassist: {{autoassist: {{enabled: true, features: data/features, accuracy_ema: 0.2}}}}
-  autoassist-sb: {{policy: sb, sb: {{beta: 2.0, selection_batch_size: 64}}, label: autoassist+sb,
-                  autoassist: {{enabled: true, features: data/features, accuracy_ema: 0.2, worker: process}}}}
+  traditional: {{methods: {{}}}}
+  sb: {{methods: {{sb: {{beta: 2.0, selection_batch_size: 64}}}}}}
+  stale-sb: {{methods: {{sb: {{beta: 2.0, selection_batch_size: 64, staleness: 3}}}}}}
+  autoassist: {{methods: {{autoassist: {{features: data/features, accuracy_ema: 0.2}}}}}}
+  autoassist-sb: {{label: autoassist+sb, methods: {{sb: {{beta: 2.0, selection_batch_size: 64, window: 1024}},
+                  autoassist: {{features: data/features, accuracy_ema: 0.2, worker: process}}}}}}
 tracking:
   experiment: {experiment}
   pipeline: online-e2e
@@ -236,12 +256,12 @@ def test_online_pipeline_runs_every_policy(repo):
         if method == "traditional":
             assert m["examples_backpropagated"] == 4 * n
         else:
-            c = m["policy_counters"]
+            c = m["counters"]
             assert c["sb/candidates"] == 4 * n and m["examples_backpropagated"] == c["sb/kept"] < 2 * n
             assert c["sb/selection_forwarded"] == (4 * n if method == "sb" else 2 * n)
     for method in ("autoassist", "autoassist-sb"):
         m = json.loads((p / f"runs/{method}-0/metrics.json").read_text())
-        c = m["policy_counters"]
+        c = m["counters"]
         assert c["aa/candidates"] == 4 * n and c["aa/passed"] < 4 * n and c["aa/updates"] > 0
         if method == "autoassist":
             assert m["examples_forwarded"] == m["examples_backpropagated"] == c["aa/passed"]
@@ -251,15 +271,15 @@ def test_online_pipeline_runs_every_policy(repo):
     assert "aa/accuracy" in curve and "aa/safeguard_rate" in curve
     summary = json.loads((p / "report/summary.json").read_text())
     assert set(summary["methods"]) == {"traditional", "sb", "stale-sb", "autoassist", "autoassist+sb"}
-    assert summary["costs"] and 0 < summary["methods"]["autoassist"]["autoassist"]["pass_rate"] < 1
+    assert summary["costs"] and 0 < summary["methods"]["autoassist"]["method_figures"]["autoassist"]["pass_rate"] < 1
     text = (p / "report/summary.md").read_text()
     assert "stale-sb" in text and "safeguard rate" in text and (p / "report/autoassist.png").is_file()
 
     # changing an SB knob invalidates only the sb stage (the report follows once its runs change)
     sh(d, "git", "add", "-A")
     sh(d, "git", "commit", "-qm", "online")
-    params = (p / "params.yaml").read_text().replace("sb: {beta: 2.0, selection_batch_size: 64}}",
-                                                     "sb: {beta: 1.0, selection_batch_size: 64}}")
+    params = (p / "params.yaml").read_text().replace("sb: {beta: 2.0, selection_batch_size: 64}}}",
+                                                     "sb: {beta: 1.0, selection_batch_size: 64}}}")
     (p / "params.yaml").write_text(params)
     status = json.loads(sh(d, "dvc", "status", "--json", "pipelines/online-fashion-mnist/dvc.yaml").stdout)
     assert [k.split(":")[-1] for k in status] == ["train@0-sb"]
