@@ -241,6 +241,6 @@ def classifier(model: nn.Module) -> nn.Linear:
     return last
 
 
-def model_signature(cfg: ModelConfig) -> Dict[str, Any]:
+def model_signature(cfg) -> Dict[str, Any]:
     """What identifies a model's architecture in a checkpoint."""
     return {"name": cfg.name, "args": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.args.items()}}

@@ -20,7 +20,6 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from selectkit import dist

@@ -26,7 +26,6 @@ import traceback
 from typing import Any, Dict, Optional
 
 import numpy as np
-import torch
 from torchdata.nodes import BaseNode
 
 from selectkit.losstable import as_numpy

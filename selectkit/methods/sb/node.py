@@ -58,12 +58,9 @@ class SelectiveBackprop(BaseNode[Batch]):
         self.source, self.scorer, self.table = source, scorer, table
         self.num_examples, self.fingerprint = table.num_examples, fingerprint
         self.beta, self.floor, self.warmup_epochs, self.staleness = beta, floor, warmup_epochs, staleness
-        self.seed, self.window_size = seed, window
-        self._fresh_state()
-
-    def _fresh_state(self) -> None:
-        self.window = LossWindow(self.window_size)
-        self.rng = np.random.default_rng([self.seed, 0x5B])
+        self.seed = seed
+        self.window = LossWindow(window)
+        self.rng = np.random.default_rng([seed, 0x5B])
         self._counters: Dict[str, float] = {k: 0.0 for k in COUNTERS}
         self._counters["sb/loss_threshold"] = float("nan")
 
