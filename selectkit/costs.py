@@ -34,8 +34,7 @@ def measure_costs(model: ModelConfig, task: str, spec: Dict[str, Any], num_class
     dev = torch.device(device)
     torch.manual_seed(0)
     cls = task_class(task)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = build_model(model, cls.make_spec(spec), num_classes).to(dev, memory_format=fmt)
+    net = build_model(model, cls.make_spec(spec), num_classes).to(dev, memory_format=cls.memory_format_for(channels_last))
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     x = cls.dummy_inputs(spec, batch, dev, channels_last=channels_last)
     y = torch.randint(0, num_classes, (batch,), device=dev)

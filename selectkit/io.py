@@ -38,17 +38,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def check_writable(path: str | Path) -> None:
-    """Fail now, naming ``path``, if an output there could not be written later."""
-    p = Path(path)
-    parent = p if p.is_dir() else p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {p}: {parent} is not writable; choose another path or fix "
-                              f"its permissions")
-
-
 def fresh_dir(out: Path) -> Path:
     """An empty temporary sibling of ``out`` to write an artifact into before ``replace_dir``."""
     out = Path(out)

@@ -241,8 +241,8 @@ class Trainer:
         if self.p.history and self.p.history[-1]["step"] == self.p.step:
             return  # already evaluated at this step (e.g. an epoch end just before a resume)
         r = self.evaluate()
+        counters = self.graph.counters()  # reads the loader's state: charged to evaluation, not training
         self.clock.lap("evaluation")
-        counters = self.graph.counters()
         row = {"step": self.p.step, "epoch": self.p.epoch, "wall_s": round(self.clock.train_s, 4),
                "examples_seen": self.p.counters["examples_backpropagated"], **r,
                "examples_forwarded": self.p.counters["examples_forwarded"], **counters}

@@ -60,6 +60,11 @@ class Task:
     # ---------------------------------------------------------------- device and model
     memory_format = torch.contiguous_format
 
+    @classmethod
+    def memory_format_for(cls, channels_last: bool) -> torch.memory_format:
+        """The memory format of inputs and model for the ``channels_last`` setting."""
+        return torch.contiguous_format
+
     def to_device(self, batch: Batch, device: torch.device):
         """(inputs, targets) of a loaded batch on ``device``, inputs in the task's memory format."""
         x = batch["x"].to(device, non_blocking=True).contiguous(memory_format=self.memory_format)

@@ -126,7 +126,7 @@ class ImageClassification(Task):
         self.labels = np.asarray(store.train.y, dtype=np.int64)
         self.fingerprint = store.fingerprint
         self.spec = ImageSpec(tuple(int(v) for v in store.image_shape))
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = self.memory_format_for(channels_last)
         self._mean, self._std = store.meta["mean"], store.meta["std"]
 
     def loader(self, augment: str = "none", seed: int = 0) -> LoadBatch:
@@ -150,11 +150,15 @@ class ImageClassification(Task):
         return {"shape": list(self.spec.shape)}
 
     @classmethod
+    def memory_format_for(cls, channels_last: bool) -> torch.memory_format:
+        return torch.channels_last if channels_last else torch.contiguous_format
+
+    @classmethod
     def make_spec(cls, spec: Dict[str, Any]) -> ImageSpec:
         return ImageSpec(tuple(int(v) for v in spec["shape"]))
 
     @classmethod
     def dummy_inputs(cls, spec: Dict[str, Any], n: int, device: torch.device,
                      generator: Optional[torch.Generator] = None, channels_last: bool = True) -> torch.Tensor:
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return torch.randn(n, *spec["shape"], device=device, generator=generator).contiguous(memory_format=fmt)
+        x = torch.randn(n, *spec["shape"], device=device, generator=generator)
+        return x.contiguous(memory_format=cls.memory_format_for(channels_last))
