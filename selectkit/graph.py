@@ -73,9 +73,20 @@ class InputGraph:
         self.loader, self.root, self.loss_table = loader, root, loss_table
         self.listeners = listeners
         self.candidate_batch_size = candidate_batch_size
+        self._started = False  # an epoch has been asked for
+        self._pending: Optional[Dict[str, Any]] = None  # a loader state loaded, not iterated yet
 
     def __iter__(self):
+        """One epoch (or the rest of a restored one)."""
+        self._started, self._pending = True, None
         return iter(self.loader)
+
+    def _loader_state(self) -> Optional[Dict[str, Any]]:
+        """The loader's state without side effects: asking torchdata's Loader before any epoch
+        would start one (threads, workers) and make it ignore a state loaded afterwards."""
+        if self._pending is not None:
+            return self._pending
+        return self.loader.state_dict() if self._started else None
 
     @property
     def listens(self) -> bool:
@@ -91,12 +102,20 @@ class InputGraph:
             listener(ids, losses, step)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {self.LOADER_KEY: self.loader.state_dict(),
+        return {self.LOADER_KEY: self._loader_state(),
                 self.TABLE_KEY: None if self.loss_table is None else self.loss_table.state_dict(),
                 self.LISTENERS_KEY: {name: l.state_dict() for name, l in self.listeners if hasattr(l, "state_dict")}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.loader.load_state_dict(state[self.LOADER_KEY])
+        """Restore a ``state_dict``; the loader's part takes effect at the next ``iter``."""
+        loader_state = state[self.LOADER_KEY]
+        if loader_state is None:
+            if self._started:
+                raise ValueError("this state was saved before the first epoch started: restore it into a "
+                                 "newly built graph (or loader), which starts from the beginning anyway")
+        else:
+            self.loader.load_state_dict(loader_state)
+            self._pending = loader_state
         if self.loss_table is not None:
             self.loss_table.load_state_dict(state[self.TABLE_KEY])
         for name, listener in self.listeners:
@@ -104,8 +123,9 @@ class InputGraph:
                 listener.load_state_dict(state[self.LISTENERS_KEY][name])
 
     def counters(self) -> Dict[str, float]:
-        """Every method's counters, as of the batches handed out so far (namespaced keys)."""
-        out = collect_counters(self.loader.state_dict())
+        """Every method's counters, as of the batches handed out so far (namespaced keys);
+        nodes report none before the first batch."""
+        out = collect_counters(self._loader_state())
         for _, listener in self.listeners:
             if hasattr(listener, "counters"):
                 out.update(listener.counters())

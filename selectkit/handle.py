@@ -49,7 +49,8 @@ class ModelHandle:
                                "without switching it back; policies must score through ModelHandle.losses")
         dev = next(model.parameters()).device
         if dev != self.device:
-            raise RuntimeError(f"the model is on {dev} but the trainer runs on {self.device}")
+            raise RuntimeError(f"the model is on {dev} but selection scores it on {self.device}: move the model "
+                               f"before building the loader (or pass device=), and keep it there")
         if mode == "eval":
             model.eval()
         try:

@@ -146,7 +146,6 @@ class Trainer:
             batch_size=cfg.input.batch_size, seed=cfg.seed, model=self.handle, augment=cfg.input.augment,
             prefetch=cfg.input.prefetch, pin_memory=self.device.type == "cuda", drop_last=cfg.input.drop_last,
             epochs=cfg.epochs, rank=dist.rank(), world_size=dist.world_size())
-        self.loader = self.graph.loader
         self.model_sig = model_signature(cfg.model)
         self.p = _Progress()
         self.clock = PhaseClock(self.device)
@@ -345,7 +344,7 @@ class Trainer:
         cfg = self.cfg
         with self._signals():
             while self.p.epoch < cfg.epochs and not self._out_of_budget():
-                it = iter(self.loader)
+                it = iter(self.graph)
                 while True:
                     try:
                         batch = next(it)

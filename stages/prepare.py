@@ -21,10 +21,11 @@ def main() -> None:
         meta = prepare(cfg, args.out)
         t.finish({"train_size": meta["splits"]["train"]["size"], "test_size": meta["splits"]["test"]["size"],
                   "num_classes": meta["num_classes"]})
-        import mlflow
+        if t.run_id is not None:  # the main process's MLflow run
+            import mlflow
 
-        mlflow.set_tag("selectkit.store_fingerprint", meta["fingerprint"])
-        mlflow.log_dict(meta, "meta.json")
+            mlflow.set_tag("selectkit.store_fingerprint", meta["fingerprint"])
+            mlflow.log_dict(meta, "meta.json")
 
 
 if __name__ == "__main__":

@@ -106,3 +106,38 @@ def test_example_script_runs():
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if "test error" in l]
     assert len(lines) == 8 and any("svp-70%" in l and "sb/kept" in l for l in lines)
+
+
+def test_counters_and_state_before_iterating_start_nothing_and_keep_a_loaded_state():
+    """Asking for counters or a state before the first batch neither starts an epoch nor makes a
+    state loaded afterwards be ignored (torchdata's Loader would do both)."""
+    import threading
+
+    data = Data()
+    kw = dict(batch_size=10, methods={"autoassist": {"worker": "thread"}}, labels=data.targets.numpy(),
+              features=data.x.numpy(), prefetch=2)
+    a = SelectiveLoader(data, **kw)
+    before = set(threading.enumerate())
+    assert a.counters() == {"aa/published": 0.0, "aa/dropped": 0.0, "aa/publish_s": 0.0, "aa/nan_losses": 0.0,
+                            "aa/queue_in": a.counters()["aa/queue_in"]}
+    fresh = a.state_dict()
+    assert set(threading.enumerate()) == before  # no prefetch thread, no assistant worker yet
+    head = _run(a, _model(), stop_after=4)
+    saved = a.state_dict()
+    a.close()
+
+    b = SelectiveLoader(data, **kw)
+    b.counters()
+    b.load_state_dict(saved)
+    assert b.state_dict()["graph"]["loader"] is saved["graph"]["loader"]  # the loaded state, not a new epoch
+    assert b.counters()["aa/candidates"] == 40
+    rest = sum(_run(b, _model()), [])
+    b.close()
+    assert sorted(sum(head, []) + rest) == sorted(set(sum(head, []) + rest))  # no id twice in the epoch
+    assert b.counters()["aa/candidates"] == 200
+    c = SelectiveLoader(data, **kw)
+    c.load_state_dict(fresh)  # a state saved before the first epoch: starts from the beginning
+    assert len(sum(_run(c, _model()), [])) > 0
+    c.close()
+    with pytest.raises(ValueError, match="saved before the first epoch started"):
+        c.load_state_dict(fresh)

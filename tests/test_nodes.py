@@ -170,3 +170,10 @@ def test_bad_subsets(digits_store, tmp_path, ids, match):
 def test_missing_subset(digits_store, tmp_path):
     with pytest.raises(FileNotFoundError, match="input.subset"):
         candidate_ids(task_for(digits_store), str(tmp_path / "none.npy"))
+
+
+def test_sampler_state_of_another_rank_is_refused():
+    state = {"epoch": 0, "index": 1, "shard": [0, 2]}
+    with pytest.raises(ValueError, match="belongs to rank 0 of 2 processes but this is rank 1 of 2"):
+        IdBatchSampler(np.arange(20), 4, rank=1, world_size=2).reset(state)
+    IdBatchSampler(np.arange(20), 4, rank=0, world_size=2).reset(state)

@@ -284,13 +284,13 @@ def test_model_handle_checks_mode_and_device(digits_store):
         t.handle.losses(x, y)
     t.model.train()
     t.handle.device = torch.device("meta")
-    with pytest.raises(RuntimeError, match="model is on cpu but the trainer runs on meta"):
+    with pytest.raises(RuntimeError, match="model is on cpu but selection scores it on meta: move the model"):
         t.handle.losses(x, y)
 
 
 def test_bf16_selection_ranks_like_fp32(digits_store):
     t = Trainer(digits_store, tiny_train_cfg(**SB))
-    b = next(iter(t.loader))
+    b = next(iter(t.graph))
     fp32 = t.handle.losses(b["x"], b["y"])
     bf16 = t.handle.losses(b["x"], b["y"], precision="bf16")
     assert bf16.dtype == torch.float32 and t.model.training

@@ -37,6 +37,7 @@ class IdBatchSampler(BaseNode[Dict[str, Any]]):
 
     EPOCH_KEY = "epoch"
     INDEX_KEY = "index"
+    SHARD_KEY = "shard"
 
     def __init__(self, ids: np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1):
@@ -65,6 +66,11 @@ class IdBatchSampler(BaseNode[Dict[str, Any]]):
     def reset(self, initial_state: Optional[Dict[str, Any]] = None):
         super().reset(initial_state)
         if initial_state is not None:
+            shard = initial_state.get(self.SHARD_KEY, [0, 1])
+            if list(shard) != [self.rank, self.world_size]:
+                raise ValueError(f"resumed sampler state belongs to rank {shard[0]} of {shard[1]} processes but this "
+                                 f"is rank {self.rank} of {self.world_size}: each rank resumes from its own state, "
+                                 f"with the same number of processes")
             self._epoch = int(initial_state[self.EPOCH_KEY])
             self._index = int(initial_state[self.INDEX_KEY])
         else:
@@ -93,4 +99,5 @@ class IdBatchSampler(BaseNode[Dict[str, Any]]):
         return {"ids": batch, "epoch": self._epoch, "index": i, "num_batches": self.num_batches}
 
     def get_state(self) -> Dict[str, Any]:
-        return {self.EPOCH_KEY: self._epoch, self.INDEX_KEY: self._index}
+        return {self.EPOCH_KEY: self._epoch, self.INDEX_KEY: self._index,
+                self.SHARD_KEY: [self.rank, self.world_size]}

@@ -26,6 +26,8 @@ class SBConfig:
     def __post_init__(self) -> None:
         _check(self.beta > 0, "train.methods.sb.beta", self.beta, "> 0 (beta -> 0 keeps everything)")
         _check(self.window >= 1, "train.methods.sb.window", self.window, ">= 1")
+        _check(self.selection_batch_size >= 1, "train.methods.sb.selection_batch_size", self.selection_batch_size,
+               ">= 1 (and >= input.batch_size)")
         _check(0.0 <= self.floor <= 1.0, "train.methods.sb.floor", self.floor, "0 <= x <= 1")
         _check(self.warmup_epochs >= 0, "train.methods.sb.warmup_epochs", self.warmup_epochs, ">= 0")
         _check(self.staleness >= 1, "train.methods.sb.staleness", self.staleness, ">= 1 (1 is plain SB)")
