@@ -179,6 +179,10 @@ class TrackingConfig:
     uri: Optional[str] = None
     experiment: str = "selectkit"
     pipeline: str = "default"  # tag naming the pipeline a run belongs to
+    # Log each trained model with MLflow's PyTorch flavour (mlflow.pytorch.load_model reads it back).
+    log_model: bool = True
+    # Also register it under this name in the MLflow model registry (a new version per run).
+    registered_model: Optional[str] = None
 
 
 @dataclass

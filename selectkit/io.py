@@ -34,6 +34,32 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def check_writable(path: str | Path, what: str, fix: str = "") -> None:
+    """Fail now, before any work, when ``path`` (a file or directory to be written later)
+    cannot be written: its nearest existing ancestor must be a directory where a file can be
+    created (tried for real: permission bits do not bind root, read-only mounts do).
+
+    Raises:
+        UsageError: naming ``what``, the path, the reason and ``fix``.
+    """
+    import tempfile
+
+    from selectkit.validation import UsageError
+
+    path = Path(path)
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    hint = f"; {fix}" if fix else ""
+    if not probe.is_dir():
+        raise UsageError(f"{what} {path} cannot be written: {probe} is a file, not a directory{hint}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".selectkit-probe-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{what} {path} cannot be written: {e.strerror or e} in {probe}{hint}") from None
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 

@@ -1,5 +1,6 @@
-"""Compare training runs: a markdown table, a JSON file with every figure, and a PNG of test
-error against training wall-clock (BENCHMARK.md's protocol)."""
+"""Compare training runs: a markdown table, a JSON file with every figure, a few flat headline
+numbers for DVC, and a PNG of test error against training wall-clock and against examples
+backpropagated (BENCHMARK.md's protocol)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import math
 import statistics
 from pathlib import Path
 from statistics import mean, stdev
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from selectkit.io import atomic_write
 from selectkit.methods import METHODS
 
 TIME_PHASES = ("data", "selection", "forward", "backward", "optimizer", "other")
+RUN_FILE = "run.json"  # a training run's full summary, written by stages/train.py
+CURVE_FILE = "curve.csv"  # its evaluation points
 
 
 def expand_runs(patterns: Sequence[str], params: Dict[str, Any]) -> List[str]:
@@ -43,17 +46,40 @@ def expand_runs(patterns: Sequence[str], params: Dict[str, Any]) -> List[str]:
 
 
 def load_run(run_dir: str | Path) -> Dict[str, Any]:
-    """A training stage's outputs: metrics.json plus the curve.csv of evaluation points."""
+    """A training stage's outputs: its full summary (``run.json``) plus the evaluation points
+    (``curve.csv``) as ``run["curve"]``, and the directory's name as ``run["name"]``.
+
+    Raises:
+        FileNotFoundError: either file is missing (names it and the stage to rerun).
+    """
     d = Path(run_dir)
-    mpath, cpath = d / "metrics.json", d / "curve.csv"
-    for p in (mpath, cpath):
+    rpath, cpath = d / RUN_FILE, d / CURVE_FILE
+    for p in (rpath, cpath):
         if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: {d} is not a finished training run (rerun its train stage)")
-    run = json.loads(mpath.read_text())
+            hint = (" (its metrics.json comes from a selectkit that kept the run's summary there)"
+                    if p == rpath and (d / "metrics.json").is_file() else "")
+            raise FileNotFoundError(f"{p} not found: {d} is not a finished training run{hint}; "
+                                    f"rerun its train stage")
+    run = json.loads(rpath.read_text())
     with cpath.open() as f:
         run["curve"] = [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
     run["name"] = d.name
     return run
+
+
+def machine_label(runs: Sequence[Dict[str, Any]]) -> str:
+    """The machine the runs were measured on: the CPU's name (``run["cpu"]``), with the device's
+    (``run["device_name"]``) where it is another; every distinct one, in run order, where runs
+    disagree; "unknown machine" for runs that record neither."""
+    names: List[str] = []
+    for r in runs:
+        parts = list(dict.fromkeys(p for p in (r.get("cpu"), r.get("device_name")) if p))
+        name = " + ".join(parts) or "unknown machine"
+        if name not in names:
+            names.append(name)
+    if not names:
+        return "unknown machine"
+    return names[0] if len(names) == 1 else "several machines: " + "; ".join(names)
 
 
 def time_to_error(curve: Sequence[Dict[str, float]], target: float) -> Optional[float]:
@@ -114,7 +140,8 @@ def _ms(values: List[float]) -> Dict[str, float]:
 
 def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float],
               costs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Group runs by label; compute final error, wall-clock, counts, time split and time-to-target.
+    """Group runs by label; compute final error, wall-clock, counts, time split and time-to-target,
+    and name the machine they were measured on (``machine_label``).
 
     Target errors are multiples of the baseline label's mean final error; a method's speedup at
     a target is the baseline's mean time to it over the method's (None where not reached).
@@ -126,7 +153,7 @@ def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float
         raise ValueError(f"report.baseline={baseline!r} matches no run; labels present: {sorted(labels)}")
     base_err = mean(r["final_test_error"] for r in labels[baseline])
     out: Dict[str, Any] = {"baseline": baseline, "baseline_final_error": base_err, "targets": {}, "methods": {},
-                           "costs": costs or {}}
+                           "costs": costs or {}, "machine": machine_label(runs)}
     for t in targets:
         out["targets"][f"{t:g}x"] = t * base_err
     for label, rs in labels.items():
@@ -136,6 +163,7 @@ def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float
             "train_s": _ms([r["train_s"] for r in rs]),
             "examples_forwarded": _ms([r["examples_forwarded"] for r in rs]),
             "examples_backpropagated": _ms([r["examples_backpropagated"] for r in rs]),
+            **({"kept_fraction": _ms([r["kept_fraction"] for r in rs])} if all("kept_fraction" in r for r in rs) else {}),
             "seconds": {p: mean(r["seconds"].get(p, 0.0) for r in rs) for p in TIME_PHASES},
             "time_to_target": {},
         }
@@ -169,24 +197,38 @@ def _modelled_time(run: Dict[str, Any], target: float) -> Optional[float]:
     return None
 
 
-def _pct(d: Dict[str, float]) -> str:
-    return f"{100 * d['mean']:.2f} ± {100 * d['std']:.2f} %"
+def _spread(d: Dict[str, Any], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+    """A mean over seeds, "± std" added only where there are several seeds (one seed has no spread)."""
+    if d["mean"] is None:  # a non-finite mean (a diverged run), nulled by clean_json
+        return "n/a"
+    text = f"{scale * d['mean']:.{digits}f}"
+    if d["n"] > 1 and d["std"] is not None:
+        text += f" ± {scale * d['std']:.{digits}f}"
+    return text + unit
+
+
+def _not_reached(tt: Dict[str, Any]) -> str:
+    """The time-to-target cell of a method some of whose seeds never reached the target."""
+    if tt["of"] == 1:
+        return "not reached"
+    return f"not reached by {tt['of'] - tt['reached']} of {tt['of']} seeds"
 
 
 def markdown(summary: Dict[str, Any]) -> str:
-    """The comparison table, one row per method."""
+    """The comparison table, one row per method, under a line naming the machine."""
     keys = list(summary["targets"])
     head = ["method", "seeds", "final test error", "train wall-clock (s)", "forwarded", "backpropagated"]
     head += [f"time to {k} (speedup)" for k in keys]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"Measured on {summary['machine']}.", ""] if summary.get("machine") else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, m in summary["methods"].items():
-        cells = [label, str(m["final_test_error"]["n"]), _pct(m["final_test_error"]),
-                 f"{m['train_s']['mean']:.1f} ± {m['train_s']['std']:.1f}",
+        cells = [label, str(m["final_test_error"]["n"]), _spread(m["final_test_error"], 100, 2, " %"),
+                 _spread(m["train_s"], digits=1),
                  f"{m['examples_forwarded']['mean'] / 1e6:.3f} M", f"{m['examples_backpropagated']['mean'] / 1e6:.3f} M"]
         for k in keys:
             tt = m["time_to_target"][k]
             if tt["mean_s"] is None:
-                cell = f"not reached ({tt['reached']}/{tt['of']} seeds)"
+                cell = _not_reached(tt)
             else:
                 cell = f"{tt['mean_s']:.1f} s" + (f" ({tt['speedup']:.2f}x)" if tt["speedup"] else "")
                 if tt.get("modelled_speedup"):
@@ -231,32 +273,184 @@ def method_plots(runs: List[Dict[str, Any]], out_dir: str | Path) -> List[str]:
     return names
 
 
+def headline(summary: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
+    """A few flat numbers per method for DVC (``dvc metrics show``/``diff``), one mapping per
+    label (the report stage writes each as ``metrics/<label>.json``), under the same keys as a
+    run's own ``metrics.json`` where they overlap, so runs and method means share columns:
+    mean ``final_test_error`` (a fraction), ``train_s``, ``examples_backpropagated``,
+    ``kept_fraction``, the number of ``seeds``, and the measured speedup at each target
+    (``speedup_<target>``, e.g. ``speedup_1.1x``).
+
+    A speedup is left out where the method did not reach the target on every seed, and for the
+    baseline (1 by definition); a figure that is not finite (nulled by ``clean_json``) too.
+    """
+    out: Dict[str, Dict[str, float]] = {}
+    for label, m in summary["methods"].items():
+        row: Dict[str, float] = {}
+
+        def put(key: str, value: Any) -> None:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                row[key] = float(value)
+
+        for key in ("final_test_error", "train_s", "examples_backpropagated", "kept_fraction"):
+            put(key, (m.get(key) or {}).get("mean"))
+        put("seeds", m["final_test_error"]["n"])
+        if label != summary["baseline"]:
+            for key, tt in m["time_to_target"].items():
+                put(f"speedup_{key}", tt.get("speedup"))
+        out[label] = row
+    return out
+
+
+CURVE_COLUMNS = ("run", "label", "seed", "wall_s", "examples_seen", "test_error")
+
+
+def write_curves(runs: Sequence[Dict[str, Any]], path: str | Path) -> None:
+    """Every run's evaluation points in one long CSV (``run, label, seed, wall_s, examples_seen,
+    test_error``): DVC's top-level plots draw it with one colour per method and one line per
+    run (template .dvc/plots/selectkit_curves.json), so methods are overlaid in one chart."""
+    from selectkit.tracking import write_csv
+
+    rows = [{"run": r["name"], "label": r["label"], "seed": r.get("seed"), "wall_s": row["wall_s"],
+             "examples_seen": row["examples_seen"], "test_error": row["test_error"]}
+            for r in runs for row in r["curve"]]
+    write_csv(path, rows)
+
+
+# The picture's two x axes: curve column, scale for display, axis label, format of an end point.
+X_AXES = (("wall_s", 1.0, "training wall-clock (s, evaluation excluded)", "{:.0f} s"),
+          ("examples_seen", 1e-6, "examples backpropagated (millions)", "{:.2f} M examples"))
+
+
+def curve_xy(run: Dict[str, Any], x: str = "wall_s") -> Tuple[Any, Any]:
+    """A run's curve as arrays (x, test error in %), in x order, rows missing either left out."""
+    import numpy as np
+
+    pts = sorted((row[x], 100 * row["test_error"]) for row in run["curve"]
+                 if math.isfinite(row.get(x, math.nan)) and math.isfinite(row["test_error"]))
+    arr = np.asarray(pts, dtype=float).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def fit_xlim(runs: Sequence[Dict[str, Any]], x: str = "wall_s",
+             margin: float = 1.15) -> Tuple[float, List[Dict[str, Any]]]:
+    """The x limit that shows the informative part of the curves, and the runs that end beyond it.
+
+    The limit is ``margin`` times the largest per-method median end point, so one stalled run
+    does not squeeze every other curve into the left of the picture; where every run ends
+    before that, it is the last end point plus 2 %. The caller marks the runs beyond it.
+
+    Raises:
+        ValueError: margin < 1, or no run has a point on the x axis.
+    """
+    if margin < 1:
+        raise ValueError(f"{margin=} should be >= 1 (the limit must show each method's median run)")
+    ends: Dict[str, List[float]] = {}
+    for r in runs:
+        xs, _ = curve_xy(r, x)
+        if len(xs):
+            ends.setdefault(r["label"], []).append(float(xs[-1]))
+    if not ends:
+        raise ValueError(f"no run has a curve point with {x!r}: nothing to plot")
+    limit = min(margin * max(statistics.median(e) for e in ends.values()),
+                1.02 * max(max(e) for e in ends.values()))
+    beyond = [r for r in runs if len(xs := curve_xy(r, x)[0]) and xs[-1] > limit]
+    return limit, beyond
+
+
+def mean_band(runs: Sequence[Dict[str, Any]], x: str = "wall_s", points: int = 200) -> Optional[Tuple[Any, ...]]:
+    """Mean, minimum and maximum test error (%) over runs (a method's seeds), each interpolated
+    onto a common grid over the x range every run covers.
+
+    Returns:
+        (grid, mean, min, max) arrays, or None where the runs share no x range.
+    """
+    import numpy as np
+
+    curves = [c for c in (curve_xy(r, x) for r in runs) if len(c[0])]
+    if not curves:
+        return None
+    lo, hi = max(c[0][0] for c in curves), min(c[0][-1] for c in curves)
+    if not lo < hi:
+        return None
+    grid = np.linspace(lo, hi, points)
+    ys = np.stack([np.interp(grid, xs, es) for xs, es in curves])
+    return grid, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
+
+
+def figure_title(runs: Sequence[Dict[str, Any]]) -> str:
+    """The picture's title: the task(s) and the machine the runs were measured on."""
+    tasks = ", ".join(dict.fromkeys(str(r.get("task") or "unknown task") for r in runs))
+    return f"Test error on {tasks}, measured on {machine_label(runs)}"
+
+
+def _draw_panel(ax, by_label: Dict[str, List[Dict[str, Any]]], colours: Dict[str, str], x: str,
+                scale: float, end_fmt: str, ylim: Tuple[float, float]) -> None:
+    """One panel: per method its seeds as thin faint lines, their mean and min-max band, and an
+    arrow and a note at the right edge for every run the fitted x limit cuts."""
+    import numpy as np
+
+    runs = [r for rs in by_label.values() for r in rs]
+    limit, beyond = fit_xlim(runs, x)
+    for label, rs in by_label.items():
+        c, n = colours[label], len(rs)
+        name = f"{label} ({n} seed{'s' if n > 1 else ''})"
+        band = mean_band(rs, x) if n > 1 else None
+        for r in rs:  # one seed is drawn as its method's line
+            xs, ys = curve_xy(r, x)
+            ax.plot(xs * scale, ys, color=c, **({"lw": 0.7, "alpha": 0.4} if n > 1 else {"lw": 1.8}))
+        if band is not None:
+            grid, avg, lo, hi = band
+            ax.fill_between(grid * scale, lo, hi, color=c, alpha=0.15, lw=0)
+            ax.plot(grid * scale, avg, color=c, lw=1.8)
+        ax.plot([], [], color=c, lw=1.8, label=name)  # one legend entry per method
+    ax.set_xlim(0, limit * scale)
+    shown = sorted(beyond, key=lambda r: -curve_xy(r, x)[0][-1])
+    for i, r in enumerate(shown[:6]):
+        xs, ys = curve_xy(r, x)
+        y = min(max(float(np.interp(limit, xs, ys)), ylim[0]), ylim[1])
+        c = colours[r["label"]]
+        ax.plot([limit * scale], [y], marker=">", ms=8, color=c, clip_on=False, ls="none")
+        seed = r.get("seed") if r.get("seed") is not None else r["name"]
+        ax.text(0.985, 0.97 - 0.07 * i, f"{r['label']} seed {seed} ends at {end_fmt.format(xs[-1] * scale)} →",
+                transform=ax.transAxes, ha="right", va="top", fontsize=8, color=c,
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})
+    if len(shown) > 6:
+        ax.text(0.985, 0.97 - 0.07 * 6, f"and {len(shown) - 6} more runs end beyond the axis →",
+                transform=ax.transAxes, ha="right", va="top", fontsize=8, color="grey")
+
+
 def plot(runs: List[Dict[str, Any]], path: str | Path, summary: Optional[Dict[str, Any]] = None) -> None:
-    """PNG of test error against training wall-clock, one line per run, one colour per method."""
+    """PNG of test error against training wall-clock (left) and examples backpropagated (right):
+    per method one colour, its mean over seeds with a min-max band and each seed as a thin line;
+    x axes fitted to the informative part (``fit_xlim``), with runs ending beyond marked at the
+    right edge; the target errors as dotted lines; titled with the task and the machine."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours: Dict[str, Any] = {}
+    by_label: Dict[str, List[Dict[str, Any]]] = {}
     for r in runs:
-        c = colours.setdefault(r["label"], f"C{len(colours)}")
-        xs = [row["wall_s"] for row in r["curve"]]
-        ys = [100 * row["test_error"] for row in r["curve"]]
-        ax.plot(xs, ys, color=c, alpha=0.8, label=r["label"] if r["label"] not in ax.get_legend_handles_labels()[1] else None)
-    if summary:
-        for i, (k, v) in enumerate(summary["targets"].items()):
+        by_label.setdefault(r["label"], []).append(r)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(by_label)}
+    ys_all = [100 * row["test_error"] for r in runs for row in r["curve"] if math.isfinite(row["test_error"])]
+    lo = min(ys_all) if ys_all else 0.0
+    ylim = (max(0.0, lo * 0.9), min(100.0, max(lo * 2.5, lo + 5)))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for ax, (x, scale, xlabel, end_fmt) in zip(axes, X_AXES):
+        _draw_panel(ax, by_label, colours, x, scale, end_fmt, ylim)
+        for k, v in (summary or {}).get("targets", {}).items():
             ax.axhline(100 * v, color="grey", lw=0.8, ls=":")
-            ax.text(0, 100 * v, f" {k}", va="bottom", fontsize=8, color="grey")
-    ys_all = [100 * row["test_error"] for r in runs for row in r["curve"]]
-    if ys_all:
-        lo = min(ys_all)
-        ax.set_ylim(max(0.0, lo * 0.9), min(100.0, max(lo * 2.5, lo + 5)))
-    ax.set_xlabel("training wall-clock (s, evaluation excluded)")
-    ax.set_ylabel("test error (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+            ax.text(0.005, 100 * v, f" {k}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8,
+                    color="grey")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(*ylim)
+    axes[0].set_ylabel("test error (%)")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=8,
+                   title="line: mean over seeds\nband: min to max\nthin: each seed")
+    fig.suptitle(figure_title(runs))
     save_figure(fig, path, dpi=120)
 
 

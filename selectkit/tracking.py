@@ -4,6 +4,11 @@ Metrics are buffered and sent with ``MlflowClient.log_batch(synchronous=False)``
 points, so the training step only appends to a list: one ``log_metric`` call per value costs
 milliseconds against SQLite. The same final figures go to ``metrics.json`` (DVC metrics) and
 the same curve to a CSV (DVC plots), so ``dvc metrics show`` and MLflow agree.
+
+A run first checks its tracking store (``check_tracking``): an unreachable server fails the
+stage within seconds with a message naming the URI, where it came from and the fix, instead of
+stalling in MLflow's retries. A resumed training stage reopens its interrupted run, so one
+MLflow run holds the whole history.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 import traceback
@@ -23,10 +29,15 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 from selectkit.config import TrackingConfig, flatten
 from selectkit.dist import is_main_process
 from selectkit.io import atomic_write_text
+from selectkit.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+# MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) stall a run ~4 minutes
+# on a dead server; these bound a stall to seconds (refused) or about a minute (hung).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 def project_root() -> Path:
@@ -39,9 +50,108 @@ def project_root() -> Path:
     return next((d for d in (cwd, *cwd.parents) if (d / ".dvc").is_dir()), cwd)
 
 
+def default_uri() -> str:
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
 def resolve_uri(cfg: TrackingConfig) -> str:
     """params' tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db."""
-    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def bound_http_stalls() -> None:
+    """Set MLflow's HTTP retry and timeout variables to ``HTTP_DEFAULTS`` where the user has not."""
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+def _origin_and_fix(cfg: TrackingConfig) -> tuple[str, str]:
+    """Where the tracking URI came from, and how to pick another one."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if cfg.uri:
+        then = f"MLFLOW_TRACKING_URI={env}" if env else f"the default local store {default_uri()}"
+        return ("from params' tracking.uri, which overrides MLFLOW_TRACKING_URI",
+                f"correct tracking.uri in params.yaml, or remove it to use {then}")
+    if env:
+        return ("from the MLFLOW_TRACKING_URI environment variable; params set no tracking.uri",
+                f"correct MLFLOW_TRACKING_URI, or unset it to use the default local store {default_uri()}")
+    return ("the default local store: neither params' tracking.uri nor MLFLOW_TRACKING_URI is set",
+            "set tracking.uri in params.yaml (or MLFLOW_TRACKING_URI) to a store you can write")
+
+
+def _short_reason(e: BaseException) -> str:
+    """'[Errno 111] Connection refused' out of the nested requests/urllib3 message."""
+    text = str(e)
+    m = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    if m:
+        return m.group(0).strip()
+    if "timed out" in text.lower() or "timeout" in type(e.__cause__ or e).__name__.lower():
+        return "no answer within the timeout"
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _http_problem(uri: str, experiment: str, timeout: float) -> Optional[str]:
+    """One request, no retries, the same credentials and TLS settings MLflow's client uses:
+    what is wrong with the server at ``uri``, or None."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    endpoint = "/api/2.0/mlflow/experiments/get-by-name"
+    try:
+        r = http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, backoff_factor=0,
+                         timeout=timeout, raise_on_status=False, params={"experiment_name": experiment})
+    except Exception as e:
+        return f"is not reachable ({_short_reason(e)} on GET {uri.rstrip('/')}{endpoint}, {timeout:g} s timeout)"
+    if r.status_code in (401, 403):
+        return (f"refused the request (HTTP {r.status_code}): set MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, to credentials it accepts")
+    if r.status_code >= 500:
+        return f"answered HTTP {r.status_code} (server error); check the server's log"
+    try:  # 200, or an MLflow error such as RESOURCE_DOES_NOT_EXIST: an MLflow server
+        ok = r.status_code == 200 or "error_code" in r.json()
+    except ValueError:
+        ok = False
+    return None if ok else (f"answered HTTP {r.status_code} to {endpoint}, which is not an MLflow "
+                            f"tracking server's answer (wrong port or path?)")
+
+
+def _sqlite_problem(uri: str) -> Optional[str]:
+    from sqlalchemy.engine import make_url
+
+    db = make_url(uri).database
+    if not db or db == ":memory:":
+        return None
+    path = Path(db).resolve()
+    if not path.parent.is_dir():
+        return f"needs the directory {path.parent}, which does not exist (create it)"
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"needs {path.parent} and {path.name} there writable by this user"
+    return None
+
+
+def check_tracking(cfg: TrackingConfig, timeout: float = 5.0) -> str:
+    """The tracking URI (see ``resolve_uri``), once checked usable.
+
+    An http(s) server gets one request with ``timeout`` seconds and no retries; a SQLite store's
+    directory must exist and be writable. Other schemes are returned unchecked.
+
+    Raises:
+        ConfigError: naming the URI, where it came from (params' ``tracking.uri``, the
+            ``MLFLOW_TRACKING_URI`` environment variable or the default) and the fix.
+    """
+    uri = resolve_uri(cfg)
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme in ("http", "https"):
+        problem = _http_problem(uri, cfg.experiment, timeout)
+        fix = "start the server, "
+    elif scheme == "sqlite":
+        problem, fix = _sqlite_problem(uri), ""
+    else:
+        return uri
+    if problem:
+        origin, other = _origin_and_fix(cfg)
+        raise ConfigError(f"MLflow tracking store {uri} ({origin}) {problem}. Fix: {fix}{other}.")
+    return uri
 
 
 def git_commit(cwd: Optional[Path] = None) -> str:
@@ -81,35 +191,51 @@ class Tracker:
         self._client = None
         self._pending: List[Any] = []
         self._ops: List[Any] = []
+        self._floor: Dict[str, int] = {}  # on a reopened run: last stored step of each metric
 
     @contextmanager
-    def run(self, params: Dict[str, Any], tags: Optional[Dict[str, str]] = None) -> Iterator["Tracker"]:
+    def run(self, params: Dict[str, Any], tags: Optional[Dict[str, str]] = None,
+            resume_run_id: Optional[str] = None) -> Iterator["Tracker"]:
         """Open the MLflow run; an escaping exception ends it FAILED (KILLED on Ctrl-C/SIGTERM)
         with the traceback attached as ``error/traceback.txt`` and the ``error`` tag. On
-        processes other than the main one nothing is tracked (every call is a no-op)."""
+        processes other than the main one nothing is tracked (every call is a no-op).
+
+        The store is checked first (``check_tracking``), so a dead server fails within seconds.
+
+        Args:
+            params: the stage's config, logged flattened (``train.lr``).
+            tags: extra run tags.
+            resume_run_id: the ``run_id`` of an interrupted execution of this stage (kept in
+                its checkpoint). If this store holds that run, it is reopened: metric history
+                continues (values at steps it already holds are dropped, as the resumed stage
+                replays from its checkpoint), params it already holds are kept, and the tag
+                ``selectkit.resumed`` counts the resumptions. Otherwise a new run starts,
+                tagged ``selectkit.resumed_from``.
+        """
         if not is_main_process():
             yield self
             return
         import mlflow
         from mlflow.entities import RunStatus
 
+        bound_http_stalls()
+        self.uri = check_tracking(self.cfg)
         mlflow.set_tracking_uri(self.uri)
         self._client = mlflow.MlflowClient(self.uri)
-        exp = self._client.get_experiment_by_name(self.cfg.experiment)
-        if exp is None:
-            loc = (project_root() / "mlartifacts").as_uri() if self.uri.startswith("sqlite") else None
-            exp_id = self._client.create_experiment(self.cfg.experiment, artifact_location=loc)
-        else:
-            exp_id = exp.experiment_id
+        self._floor = {}
         all_tags = {"selectkit.pipeline": self.cfg.pipeline, "selectkit.stage": self.stage,
                     "dvc.stage": self.dvc_stage, "mlflow.source.git.commit": git_commit(),
                     **(tags or {})}
-        with mlflow.start_run(experiment_id=exp_id, run_name=self.run_name, tags=all_tags) as run:
+        previous = self._resumable(resume_run_id, all_tags)
+        if previous is None:
+            active = mlflow.start_run(experiment_id=self._experiment_id(), run_name=self.run_name, tags=all_tags)
+        else:
+            active = mlflow.start_run(run_id=previous.info.run_id, run_name=self.run_name, tags=all_tags)
+        with active as run:
             self.run_id = run.info.run_id
-            flat = {k: ("null" if v is None else v) for k, v in flatten(params).items()}
-            items = list(flat.items())
-            for i in range(0, len(items), 100):
-                mlflow.log_params(dict(items[i:i + 100]))
+            if previous is not None:
+                self._reopened(previous)
+            self._log_params(params, previous)
             try:
                 yield self
                 self.flush(wait=True)
@@ -125,14 +251,70 @@ class Tracker:
                     log.exception("could not record the failure in MLflow")
                 raise
 
+    def _experiment_id(self) -> str:
+        exp = self._client.get_experiment_by_name(self.cfg.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        loc = (project_root() / "mlartifacts").as_uri() if self.uri.startswith("sqlite") else None
+        return self._client.create_experiment(self.cfg.experiment, artifact_location=loc)
+
+    def _resumable(self, run_id: Optional[str], tags: Dict[str, str]):
+        """The run to reopen, or None; adds the resumption tags to ``tags``."""
+        if not run_id:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            log.warning("run %s to resume is not in tracking store %s (another tracking.uri?): "
+                        "starting a new run tagged selectkit.resumed_from=%s", run_id, self.uri, run_id)
+            tags["selectkit.resumed_from"] = run_id
+            return None
+        count = run.data.tags.get("selectkit.resumed", "0")
+        tags["selectkit.resumed"] = str(int(count) + 1 if count.isdigit() else 1)
+        if "error" in run.data.tags:  # the interruption is history now; FINISHED runs carry no error tag
+            tags["selectkit.previous_error"] = run.data.tags["error"]
+        return run
+
+    def _reopened(self, previous) -> None:
+        """Drop the stale error tag; note the last step of each metric already stored."""
+        if "error" in previous.data.tags:
+            self._client.delete_tag(self.run_id, "error")
+        # a run's latest value of each metric is the one at its largest step (then timestamp)
+        self._floor = {m.key: m.step for m in previous.data.to_proto().metrics}
+
+    def _log_params(self, params: Dict[str, Any], previous) -> None:
+        """Log ``params`` flattened; on a reopened run only those it lacks (params are write-once),
+        warning about and tagging any whose value changed."""
+        import mlflow
+
+        flat = {k: str("null" if v is None else v) for k, v in flatten(params).items()}
+        held = previous.data.params if previous is not None else {}
+        changed = sorted(k for k, v in flat.items() if k in held and held[k] != v)
+        if changed:
+            log.warning("resumed run %s keeps its logged values of params that changed since: %s",
+                        self.run_id, ", ".join(changed))
+            mlflow.set_tag("selectkit.params_changed_on_resume", ",".join(changed)[:5000])
+        items = [(k, v) for k, v in flat.items() if k not in held]
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i:i + 100]))
+
     def log(self, metrics: Dict[str, float], step: int, timestamp_ms: Optional[int] = None) -> None:
-        """Buffer metric values at ``step`` (sent at the next flush)."""
+        """Buffer metric values at ``step`` (sent at the next flush); on a reopened run, values
+        at steps the run already holds for that metric are dropped."""
         if not is_main_process():
             return
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
-        self._pending.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        step, floor = int(step), self._floor
+        self._pending.extend(Metric(k, float(v), ts, step) for k, v in metrics.items()
+                             if k not in floor or step > floor[k])
 
     def flush(self, wait: bool = False) -> None:
         """Send buffered metrics asynchronously; with ``wait``, block until MLflow stored them."""
@@ -148,12 +330,55 @@ class Tracker:
                 op.wait()
             self._ops = []
 
-    def log_artifact(self, path: str | Path) -> None:
+    def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
+        """Attach a file to the run (under the folder ``artifact_path`` when given)."""
         if self.run_id is None:
             return
         import mlflow
 
-        mlflow.log_artifact(str(path))
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_model(self, model, name: str = "model", registered_model_name: Optional[str] = None,
+                  input_example=None):
+        """Log ``model`` with MLflow's PyTorch flavour, so ``mlflow.pytorch.load_model`` and the
+        model registry work; register it as a new version of ``registered_model_name`` if given.
+
+        With ``input_example`` (a batch as ``forward`` takes it, tensor or array; a batch of 2 or
+        more keeps the batch size free) the model is saved as a ``torch.export`` graph (pt2:
+        loading runs no pickled code and needs no selectkit); a model ``torch.export`` cannot
+        trace, or no example, is pickled instead (loading needs selectkit's classes importable).
+        A CPU copy in eval mode is logged; ``model`` is left as it is.
+
+        Returns:
+            MLflow's ``ModelInfo`` (``.model_uri`` loads it), or None when no run of this
+            tracker is open (and on processes other than the main one).
+        """
+        import mlflow
+
+        active = mlflow.active_run()
+        if self.run_id is None or active is None or active.info.run_id != self.run_id:
+            return None
+        import copy
+
+        import mlflow.pytorch
+        import torch
+        from mlflow.exceptions import MlflowException
+
+        net = copy.deepcopy(getattr(model, "_orig_mod", model)).cpu().eval()  # unwrap torch.compile
+        # explicit requirements: MLflow's inference imports the model in a subprocess (~10 s)
+        kwargs = dict(name=name, registered_model_name=registered_model_name,
+                      pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+        if input_example is not None:
+            if isinstance(input_example, torch.Tensor):
+                input_example = input_example.detach().cpu().numpy()
+            try:
+                return mlflow.pytorch.log_model(net, input_example=input_example, serialization_format="pt2", **kwargs)
+            except MlflowException:
+                raise
+            except Exception as e:  # torch.export cannot trace it
+                log.warning("torch.export could not trace the model (%s: %s); logging it pickled",
+                            type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+        return mlflow.pytorch.log_model(net, input_example=input_example, serialization_format="pickle", **kwargs)
 
     def finish(self, metrics: Dict[str, Any], metrics_path: Optional[str | Path] = None,
                curve: Optional[Sequence[Dict[str, Any]]] = None, curve_path: Optional[str | Path] = None) -> None:

@@ -27,6 +27,7 @@ from selectkit.checkpoint import check_compatible, read_checkpoint, save_checkpo
 from selectkit.config import TrainConfig, to_dict
 from selectkit.graph import build_input_graph, candidate_ids
 from selectkit.handle import ModelHandle
+from selectkit.machine import cpu_name, device_name
 from selectkit.models import make_model, model_signature
 from selectkit.store import Store
 from selectkit.tasks import task_for
@@ -152,6 +153,8 @@ class Trainer:
         self._stop_reason: Optional[str] = None
         self._carved = 0.0  # selection seconds already moved out of the data phase
         self._test_cache: Optional[List[Dict[str, torch.Tensor]]] = None
+        self._bar = None  # the tqdm bar while fitting (disabled when the output is not a terminal)
+        self._done = 0.0  # fraction of training done at the last step
 
     # ---------------------------------------------------------------- checkpoint and resume
     def _state(self, complete: bool = False) -> Dict[str, Any]:
@@ -164,6 +167,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "step": self.p.step, "epoch": self.p.epoch, "counters": dict(self.p.counters),
             "history": list(self.p.history), "seconds": dict(self.clock.seconds), "complete": complete,
+            "tracking_run_id": getattr(self.tracker, "run_id", None),
         }
 
     def save(self, complete: bool = False) -> None:
@@ -172,12 +176,30 @@ class Trainer:
         save_checkpoint(self.checkpoint_path, self._state(complete))
         self.clock.lap("checkpoint")
 
+    def _resumable(self, ckpt: Dict[str, Any]) -> bool:
+        return (ckpt["config"] == to_dict(self.cfg) and not ckpt["complete"]
+                and ckpt["store_fingerprint"] == self.store.fingerprint)
+
+    def resume_source(self, resume: Optional[str | Path]) -> Optional[Dict[str, Any]]:
+        """The checkpoint ``fit(resume=resume)`` will continue from, read now (None when it will
+        start afresh), so the caller can reopen that run's MLflow run (its ``tracking_run_id``)
+        before training. Raises what ``fit`` would: a bad explicit checkpoint fails here, first."""
+        if resume is None:
+            return None
+        if resume == "auto":
+            if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+                return None
+            ckpt = read_checkpoint(self.checkpoint_path)
+            return ckpt if self._resumable(ckpt) else None
+        ckpt = read_checkpoint(resume)
+        check_compatible(ckpt, resume, self.model_sig, self.store.fingerprint)
+        return ckpt
+
     def resume(self, path: str | Path, strict: bool = True) -> bool:
         """Restore a checkpoint. With ``strict=False`` (automatic resume), a checkpoint of another
         config, or a finished one, is ignored (returns False) instead of raising."""
         ckpt = read_checkpoint(path)
-        if not strict and (ckpt["config"] != to_dict(self.cfg) or ckpt["complete"]
-                           or ckpt["store_fingerprint"] != self.store.fingerprint):
+        if not strict and not self._resumable(ckpt):
             log.info("ignoring checkpoint %s: it belongs to another config or store, or is finished", path)
             return False
         check_compatible(ckpt, path, self.model_sig, self.store.fingerprint)
@@ -246,6 +268,10 @@ class Trainer:
                "examples_seen": self.p.counters["examples_backpropagated"], **r,
                "examples_forwarded": self.p.counters["examples_forwarded"], **counters}
         self.p.history.append(row)
+        if self._bar is not None and self._bar.disable:  # no live bar (output is not a terminal): one line
+            log.info(self._progress_line(row))
+        elif self._bar is not None:
+            self._bar.set_postfix_str(f"test error {100 * r['test_error']:.2f} %", refresh=False)
         if self.tracker is not None:
             t = self.tracker
             t.log({"test/error": r["test_error"], "test/loss": r["test_loss"],
@@ -256,11 +282,23 @@ class Trainer:
             t.log({"test/error_by_train_ms": r["test_error"]}, step=int(self.clock.train_s * 1000))
             t.flush()
 
+    def _progress_line(self, row: Dict[str, float]) -> str:
+        """``train sb seed 0: epoch 3/10, step 705: test error 9.81 %, 2480 examples/s, about 41 s left``."""
+        cfg, done = self.cfg, self._done
+        rate = row["examples_seen"] / row["wall_s"] if row["wall_s"] > 0 else 0.0
+        text = (f"train {cfg.label} seed {cfg.seed}: epoch {min(self.p.epoch + 1, cfg.epochs)}/{cfg.epochs}, "
+                f"step {self.p.step}: test error {100 * row['test_error']:.2f} %, {rate:.0f} examples/s")
+        if 0 < done < 1:
+            text += f", about {row['wall_s'] * (1 - done) / done:.0f} s left"
+        return text
+
     # ---------------------------------------------------------------- the loop
     def _progress(self, batch: Dict[str, Any]) -> float:
         if self.cfg.budget_s is not None:
-            return self.clock.train_s / self.cfg.budget_s
-        return (batch["epoch"] + (batch["index"] + 1) / batch["num_batches"]) / self.cfg.epochs
+            self._done = self.clock.train_s / self.cfg.budget_s
+        else:
+            self._done = (batch["epoch"] + (batch["index"] + 1) / batch["num_batches"]) / self.cfg.epochs
+        return self._done
 
     def _step(self, batch: Dict[str, Any]) -> None:
         x, y = self.task.to_device(batch, self.device)
@@ -330,12 +368,13 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         self.clock.restart()
-        bar = tqdm(total=None, desc=f"train {cfg.label}", disable=None, leave=False, initial=self.p.step)
+        bar = self._bar = tqdm(total=None, desc=f"train {cfg.label}", disable=None, leave=False, initial=self.p.step)
         try:
             self._loop(bar)
         finally:
             bar.close()
             self.graph.shutdown()  # stop method workers (e.g. the AutoAssist assistant), also on errors
+        self._done = 1.0
         self._eval_point()
         self.save(complete=True)
         return TrainResult(self._summary(), list(self.p.history), self.model, self.checkpoint_path)
@@ -372,6 +411,12 @@ class Trainer:
                 self.save()  # epoch end: the loader sits at the end of epoch self.p.epoch
                 self.p.epoch += 1
 
+    def _full_epochs_examples(self) -> float:
+        """The examples Traditional training on the whole train split would backpropagate in the
+        epochs (or the fraction of them) this run covered."""
+        epochs = self.cfg.epochs if self.cfg.budget_s is None else self.p.epoch + self._done % 1
+        return len(self.task) * epochs
+
     def _summary(self) -> Dict[str, Any]:
         last = self.p.history[-1]
         selection = next((s for m, c in self.cfg.stack if (s := m.selection(c)) is not None),
@@ -384,10 +429,22 @@ class Trainer:
             "examples_backpropagated": self.p.counters["examples_backpropagated"],
             "counters": self.graph.counters(),
             "seconds": {k: round(v, 3) for k, v in self.clock.seconds.items()},
+            "kept_fraction": self.p.counters["examples_backpropagated"] / max(self._full_epochs_examples(), 1),
             "store_fingerprint": self.store.fingerprint, "device": str(self.device),
+            "device_name": device_name(self.device), "cpu": cpu_name(),
             "torch_threads": torch.get_num_threads(),
             # what the report needs to measure this run's per-example costs (modelled speedups)
             "model": self.model_sig, "task": self.task.name, "spec": self.task.spec_dict(),
             "num_classes": self.task.num_classes, "batch_size": self.cfg.input.batch_size,
             "channels_last": self.cfg.channels_last, "selection": selection,
         }
+
+
+HEADLINE = ("final_test_error", "train_s", "examples_backpropagated", "kept_fraction", "epochs")
+
+
+def headline(summary: Dict[str, Any]) -> Dict[str, float]:
+    """The handful of flat figures a user compares across runs (a stage's DVC ``metrics.json``):
+    final test error, training wall-clock, examples backpropagated, the fraction of a full-data
+    run's backpropagation that was kept, epochs. Everything else stays in ``run.json``."""
+    return {k: summary[k] for k in HEADLINE}

@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
 
+class UsageError(ValueError):
+    """A path or argument given to a stage cannot be used (say which, and what to pass instead)."""
+
+
 def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Raise ConfigError ``key=value is not allowed: expected <allowed>`` unless ``ok``."""
     if not ok:

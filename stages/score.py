@@ -2,36 +2,50 @@
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
+from typing import List, Optional
 
+from selectkit.cli import run_stage
 from selectkit.config import TrackingConfig, load_section, to_dict
-from selectkit.io import load_model
-from selectkit.methods.svp.artifacts import score_store, write_scores
-from selectkit.methods.svp.config import ScoreConfig
-from selectkit.store import Store
-from selectkit.tasks import task_for
-from selectkit.tracking import Tracker
-from selectkit.train import resolve_device
+from selectkit.io import check_writable
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--store", required=True)
-    ap.add_argument("--proxy", required=True, help="the proxy's training run directory (model.pt, metrics.json)")
+    ap.add_argument("--proxy", required=True, help="the proxy's training run directory (model.pt, run.json)")
     ap.add_argument("--out", required=True, help="scores directory to write")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return ap
+
+
+def validate(args: argparse.Namespace):
+    """params' `score` and `tracking`, and that --out can be written."""
+    from selectkit.methods.svp.config import ScoreConfig
+
     cfg = load_section(args.params, "score", ScoreConfig)
     tracking = load_section(args.params, "tracking", TrackingConfig)
+    check_writable(args.out, "--out", "pass a scores directory you can write")
+    return cfg, tracking
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    from selectkit.io import load_model
+    from selectkit.methods.svp.artifacts import score_store, write_scores
+    from selectkit.store import Store
+    from selectkit.tasks import task_for
+    from selectkit.tracking import Tracker
+    from selectkit.train import resolve_device
+
+    args = parser().parse_args(argv)
+    cfg, tracking = validate(args)
     store = Store(args.store)
     run = Path(args.proxy)
     task = task_for(store, channels_last=cfg.channels_last)
     model, saved = load_model(run, task, resolve_device(cfg.device))
     device = next(model.parameters()).device
-    proxy_metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    proxy_run = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     with Tracker(tracking, stage="score").run({"score": to_dict(cfg), "proxy": str(run)}) as t:
         t0 = time.perf_counter()
         scores = score_store(model, task, device, cfg.batch_size, source=f"proxy run {run}",
@@ -39,10 +53,10 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         write_scores(args.out, scores, {
             "proxy_run": str(run), "model": saved["model_sig"], "store_fingerprint": store.fingerprint,
-            "proxy_config": saved.get("config"), "proxy_train_s": proxy_metrics.get("train_s"),
-            "proxy_final_test_error": proxy_metrics.get("final_test_error"), "score_s": seconds})
+            "proxy_config": saved.get("config"), "proxy_train_s": proxy_run.get("train_s"),
+            "proxy_final_test_error": proxy_run.get("final_test_error"), "score_s": seconds})
         t.finish({"score_s": seconds, "examples": int(len(scores["ids"]))})
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

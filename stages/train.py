@@ -1,24 +1,25 @@
 """DVC stage `train`: train one model through the input graph its params describe.
 
-Writes ``<out>/model.pt``, ``<out>/curve.csv`` (DVC plots) and ``<out>/metrics.json``
-(DVC metrics), each atomically and only once training has finished. Checkpoints go to
+Writes ``<out>/model.pt``, ``<out>/metrics.json`` (the handful of figures DVC shows),
+``<out>/run.json`` (every figure: counters, time split, costs' inputs) and ``<out>/curve.csv``
+(DVC plots), each atomically and only once training has finished. Checkpoints go to
 ``--checkpoint`` (outside DVC's outputs, so DVC does not delete them before a rerun); an
-interrupted run resumes from there when rerun with the same params.
+interrupted run resumes from there, in the same MLflow run, when rerun with the same params.
+Every argument, params section and path is checked before training starts (``validate``,
+which the pipeline's `check` stage also runs before DVC deletes any output).
 """
 
 import argparse
-import logging
-import sys
+import json
 from pathlib import Path
+from typing import List, Optional
 
+from selectkit.cli import run_stage
 from selectkit.config import TrackingConfig, load_section, load_train_config, to_dict
-from selectkit.io import save_model
-from selectkit.store import Store
-from selectkit.tracking import Tracker
-from selectkit.train import Trainer
+from selectkit.io import atomic_write_text, check_writable, save_model
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--section", default="train", help="params section holding this run's TrainConfig")
@@ -31,30 +32,59 @@ def main() -> None:
     ap.add_argument("--subset", default=None, help="overrides input.subset (an SVP subset directory)")
     ap.add_argument("--label", default=None, help="overrides the run's label in reports")
     ap.add_argument("--checkpoint", default=None, help="default: .selectkit/checkpoints/<out name>.pt")
-    ap.add_argument("--resume", default="auto", help="auto, never, or a checkpoint path")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap.add_argument("--resume", default="auto",
+                    help="auto (continue this run's unfinished checkpoint), never, or a checkpoint path")
+    return ap
+
+
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    return Path(args.checkpoint or Path(".selectkit/checkpoints") / f"{Path(args.out).name}.pt")
+
+
+def validate(args: argparse.Namespace):
+    """Everything that can be checked without training: params sections, and that the run
+    directory and the checkpoint can be written. Returns (TrainConfig, TrackingConfig)."""
     cfg = load_train_config(args.params, args.section, args.method, args.merge, seed=args.seed,
                             input={"subset": args.subset} if args.subset else None, label=args.label)
     tracking = load_section(args.params, "tracking", TrackingConfig)
+    check_writable(args.out, "--out", "pass a run directory you can write")
+    check_writable(checkpoint_path(args), "--checkpoint",
+                   "pass --checkpoint <a writable file>, or run from a directory you can write "
+                   "(checkpoints default to .selectkit/checkpoints/ there)")
+    return cfg, tracking
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parser().parse_args(argv)
+    cfg, tracking = validate(args)
+
+    from selectkit.store import Store
+    from selectkit.tracking import Tracker, check_tracking
+    from selectkit.train import Trainer, headline
+
+    check_tracking(tracking)  # seconds, not minutes of retries, before the data is even loaded
     store = Store(args.store)
     out = Path(args.out)
-    ckpt = Path(args.checkpoint or Path(".selectkit/checkpoints") / f"{out.name}.pt")
-    trainer = Trainer(store, cfg, checkpoint_path=ckpt)
-    tracker = Tracker(tracking, stage="train")
-    trainer.tracker = tracker
+    trainer = Trainer(store, cfg, checkpoint_path=checkpoint_path(args))
+    resume = None if args.resume == "never" else args.resume
+    source = trainer.resume_source(resume)  # a bad --resume fails here, before MLflow or training
+    tracker = trainer.tracker = Tracker(tracking, stage="train")
     tags = {"selectkit.label": cfg.label, "selectkit.store_fingerprint": store.fingerprint}
-    try:
-        with tracker.run({args.section: to_dict(cfg)}, tags=tags) as t:
-            result = trainer.fit(resume=None if args.resume == "never" else args.resume)
-            save_model(out / "model.pt", result.model, model_sig=trainer.model_sig, task=trainer.task,
-                       config=to_dict(cfg))
-            t.finish(result.metrics, metrics_path=out / "metrics.json", curve=result.curve,
-                     curve_path=out / "curve.csv")
-    except KeyboardInterrupt as e:
-        logging.getLogger("selectkit").error("interrupted: %s", e)
-        sys.exit(130)
+    with tracker.run({args.section: to_dict(cfg)}, tags=tags,
+                     resume_run_id=(source or {}).get("tracking_run_id")) as t:
+        result = trainer.fit(resume=resume)
+        save_model(out / "model.pt", result.model, model_sig=trainer.model_sig, task=trainer.task,
+                   config=to_dict(cfg))
+        atomic_write_text(out / "run.json", json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
+        t.finish(result.metrics, curve=result.curve, curve_path=out / "curve.csv")
+        atomic_write_text(out / "metrics.json", json.dumps(headline(result.metrics), indent=2) + "\n")
+        if tracking.log_model:
+            t.log_model(result.model, registered_model_name=tracking.registered_model)
+    m = result.metrics
+    print(f"{cfg.label} seed {cfg.seed}: final test error {100 * m['final_test_error']:.2f} % after "
+          f"{m['train_s']:.1f} s of training ({m['epochs']} epochs, {m['examples_backpropagated']} examples "
+          f"backpropagated); wrote {out}/", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

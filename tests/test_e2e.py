@@ -62,8 +62,8 @@ def _env():
     return env
 
 
-def sh(cwd, *cmd, check=True):
-    r = subprocess.run(list(cmd), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+def sh(cwd, *cmd, check=True, env=None):
+    r = subprocess.run(list(cmd), cwd=cwd, env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=600)
     if check and r.returncode != 0:
         raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
@@ -86,6 +86,7 @@ def repo(tmp_path):
     sh(d, "dvc", "config", "--local", "core.analytics", "false")
     sh(d, "dvc", "config", "--local", "core.site_cache_dir", str(tmp_path / "dvc-site-cache"))
     shutil.copy(ROOT / ".dvcignore", d / ".dvcignore")
+    shutil.copytree(ROOT / ".dvc/plots", d / ".dvc/plots")
     return d, experiment
 
 
@@ -113,8 +114,9 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     d, experiment = repo
     sh(d, "dvc", "repro")
     for p in ("data/store/meta.json", "results/runs/traditional-0/model.pt", "results/runs/traditional-0/metrics.json",
-              "results/runs/traditional-0/curve.csv", "results/report/summary.md", "results/report/summary.json",
-              "results/report/error_vs_time.png"):
+              "results/runs/traditional-0/run.json", "results/runs/traditional-0/curve.csv", "results/report/summary.md",
+              "results/report/summary.json", "results/report/error_vs_time.png", "results/report/metrics/traditional.json",
+              "results/report/curves.csv"):
         assert (d / p).is_file(), p
     assert not any((d / p).exists() for p in ("runs", "scores", "subsets", "target_scores", "report"))
     runs = _by_stage(_runs(experiment))
@@ -124,7 +126,12 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     train = [r for r in runs["train"] if r.data.tags["dvc.stage"] == "train@0"][0]
     assert train.data.tags["selectkit.pipeline"] == "e2e"
     metrics = json.loads((d / "results/runs/traditional-0/metrics.json").read_text())
+    assert set(metrics) == {"final_test_error", "train_s", "examples_backpropagated", "kept_fraction", "epochs"}
     assert train.data.metrics["final/final_test_error"] == pytest.approx(metrics["final_test_error"])
+    import mlflow.pytorch
+
+    model = mlflow.pytorch.load_model(f"runs:/{train.info.run_id}/model")  # the trained model, logged
+    assert sum(p.numel() for p in model.parameters()) > 0
     summary = json.loads((d / "results/report/summary.json").read_text())
     assert summary["methods"]["traditional"]["final_test_error"]["mean"] == pytest.approx(metrics["final_test_error"])
     assert set(summary["methods"]) == {"traditional", "svp-0.5", "random-0.5"}
@@ -132,16 +139,22 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     sub = json.loads((d / "results/subsets/svp-0.5/subset.json").read_text())
     assert sub["rule"] == "single" and sub["proxies"][0]["proxy_run"] == "results/runs/proxy-small-0"
     m = json.loads((d / "results/runs/svp-0.5-0/metrics.json").read_text())
-    assert m["examples_backpropagated"] == 2 * sub["size"]
-    shown = json.loads(sh(d, "dvc", "metrics", "show", "--json").stdout)
-    assert json.dumps(shown).count(str(metrics["final_test_error"])) >= 1
-    plots = sh(d, "dvc", "plots", "show", "--json").stdout
-    assert "results/runs/traditional-0/curve.csv" in plots and "test_error" in plots
+    assert m["examples_backpropagated"] == 2 * sub["size"] and m["kept_fraction"] == pytest.approx(sub["size"] / 1438)
+    shown = sh(d, "dvc", "metrics", "show")
+    assert "failed to load" not in shown.stdout + shown.stderr
+    table = shown.stdout.splitlines()
+    assert len(table) == 1 + 4 + 3 and max(map(len, table)) < 200, shown.stdout  # 4 runs, 3 method means
+    assert "results/report/metrics/svp-0.5.json" in shown.stdout and "costs" not in shown.stdout
+    plots = json.loads(sh(d, "dvc", "plots", "show", "--json").stdout)
+    assert not plots.get("errors")
+    chart = plots["data"]["test error against training wall-clock"][0]["content"]
+    assert chart["encoding"]["color"]["field"] == "label"  # one chart, methods overlaid
+    assert {row["label"] for row in chart["data"]["values"]} == {"traditional", "svp-0.5", "random-0.5"}
 
     # a second repro does nothing
     sh(d, "dvc", "repro")
     assert "up to date" in sh(d, "dvc", "status").stdout
-    assert len(_runs(experiment)) == 10
+    assert len(_runs(experiment)) == 10  # the check stage opens no MLflow run
 
     # an experiment changing the target's learning rate reruns its trainings (Traditional and on
     # the subsets), the all-data target's scores and the report; never prepare, proxy, score, choose
@@ -149,20 +162,41 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     sh(d, "git", "commit", "-qm", "baseline")
     out = sh(d, "dvc", "exp", "run", "-S", "train.lr=0.05").stdout
     ran = sorted(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == ["report", "score_full", "svp_target@0-random-0.5", "svp_target@0-svp-0.5", "train@0"], out
+    assert ran == ["check", "report", "score_full", "svp_target@0-random-0.5", "svp_target@0-svp-0.5", "train@0"], out
     runs = _by_stage(_runs(experiment))
     assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 7, "score": 3, "choose": 2, "report": 2}
     assert runs["train"][-1].data.params["train.lr"] == "0.05"
 
 
-def test_bad_params_fail_before_work(repo):
-    d, experiment = repo
-    params = (d / "params.yaml").read_text().replace("epochs: 2", "epochs: 2\n  epoch: 3")
-    (d / "params.yaml").write_text(params)
-    r = sh(d, "dvc", "repro", check=False)
-    assert r.returncode != 0
-    assert "unknown key 'train.epoch'" in r.stdout + r.stderr
-    assert not (d / "results/runs/traditional-0/metrics.json").exists()
+def test_failures_under_dvc_repro_lose_nothing(repo):
+    """DVC deletes a stage's outputs before running it. A params mistake fails in the `check`
+    stage, before any stage runs: the last results stay in place. A failure inside a stage
+    (here an unreachable tracking server, found within seconds) loses nothing either:
+    `dvc checkout` brings every output back, metrics and curve included."""
+    d, _ = repo
+    sh(d, "dvc", "repro", "train@0")
+    run = d / "results/runs/traditional-0"
+    files = ("model.pt", "metrics.json", "run.json", "curve.csv")
+    before = {f: (run / f).read_bytes() for f in files}
+    good = (d / "params.yaml").read_text()
+
+    (d / "params.yaml").write_text(good.replace("  lr: 0.1\n", "  lr: fast\n"))
+    r = sh(d, "dvc", "repro", "train@0", check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "train@0, svp_target@0-svp-0.5, svp_target@0-random-0.5: params key 'train.lr'" in out, out
+    assert "Running stage 'train@0'" not in out and "Traceback" not in out
+    assert {f: (run / f).read_bytes() for f in files} == before
+
+    (d / "params.yaml").write_text(good)
+    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    t0 = time.monotonic()
+    r = sh(d, "dvc", "repro", "--force", "--single-item", "train@0", check=False, env=env)
+    assert time.monotonic() - t0 < 60
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "MLFLOW_TRACKING_URI" in out and "Traceback" not in out, out
+    assert not (run / "metrics.json").exists()  # DVC deleted the outputs before running the stage
+    sh(d, "dvc", "checkout", "train@0")
+    assert {f: (run / f).read_bytes() for f in files} == before
 
 
 def test_selectkit_edit_marks_importing_stage_changed(repo):
@@ -212,6 +246,10 @@ def test_sigterm_keeps_checkpoint_and_rerun_resumes(repo, digits_store):
     out, _ = proc.communicate(timeout=120)
     assert f"resumed from .selectkit/checkpoints/t.pt at step {state['step']}" in out, out
     assert proc.returncode == 130
+    # the resumed stage continued the same MLflow run (its id is in the checkpoint)
+    train = [r for r in _runs(experiment) if r.data.tags["selectkit.stage"] == "train"]
+    assert [r.info.run_id for r in train] == [killed[-1].info.run_id] == [read_checkpoint(ckpt)["tracking_run_id"]]
+    assert train[0].data.tags["selectkit.resumed"] == "1"
 
 
 ONLINE_TINY = """
@@ -251,7 +289,7 @@ def test_online_pipeline_runs_every_policy(repo):
     sh(d, "dvc", "repro", "pipelines/online-fashion-mnist/dvc.yaml")
     n = 1438  # digits train split
     for method in ("traditional", "sb", "stale-sb"):
-        m = json.loads((p / f"runs/{method}-0/metrics.json").read_text())
+        m = json.loads((p / f"runs/{method}-0/run.json").read_text())
         assert m["label"] == method and m["final_test_error"] < 0.5
         if method == "traditional":
             assert m["examples_backpropagated"] == 4 * n
@@ -260,7 +298,7 @@ def test_online_pipeline_runs_every_policy(repo):
             assert c["sb/candidates"] == 4 * n and m["examples_backpropagated"] == c["sb/kept"] < 2 * n
             assert c["sb/selection_forwarded"] == (4 * n if method == "sb" else 2 * n)
     for method in ("autoassist", "autoassist-sb"):
-        m = json.loads((p / f"runs/{method}-0/metrics.json").read_text())
+        m = json.loads((p / f"runs/{method}-0/run.json").read_text())
         c = m["counters"]
         assert c["aa/candidates"] == 4 * n and c["aa/passed"] < 4 * n and c["aa/updates"] > 0
         if method == "autoassist":
@@ -282,7 +320,7 @@ def test_online_pipeline_runs_every_policy(repo):
                                                      "sb: {beta: 1.0, selection_batch_size: 64}}}")
     (p / "params.yaml").write_text(params)
     status = json.loads(sh(d, "dvc", "status", "--json", "pipelines/online-fashion-mnist/dvc.yaml").stdout)
-    assert [k.split(":")[-1] for k in status] == ["train@0-sb"]
+    assert [k.split(":")[-1] for k in status] == ["check", "train@0-sb"]  # check: params.yaml changed
 
 
 SVP_TINY = """
@@ -336,7 +374,7 @@ def test_svp_pipeline_then_target_change_reruns_only_targets(repo):
         assert f"dvc.yaml:{stage}'" in out, stage
     sub = json.loads((p / "subsets/svp-0.5/subset.json").read_text())
     assert sub["rule"] == "rank_sum" and len(sub["proxies"]) == 2 and sub["size"] == 719
-    m = json.loads((p / "runs/target-svp-0.5-0/metrics.json").read_text())
+    m = json.loads((p / "runs/target-svp-0.5-0/run.json").read_text())
     assert m["examples_backpropagated"] == 2 * 719 and m["label"] == "svp-0.5"
     summary = json.loads((p / "report/summary.json").read_text())
     assert set(summary["methods"]) == {"full", "svp-0.5", "random-0.5"}
@@ -355,4 +393,4 @@ def test_svp_pipeline_then_target_change_reruns_only_targets(repo):
                                                                            "  lr: 0.05\n  input: {batch_size: 64, prefetch: 1}\n  epochs: 2"))
     out = sh(d, "dvc", "repro", "pipelines/svp-fashion-mnist/dvc.yaml").stdout
     ran = sorted(re.findall(r"Running stage '[^']*dvc\.yaml:([^']+)'", out))
-    assert ran == ["full@0", "report", "score_full", "target@0-random-0.5", "target@0-svp-0.5"], out
+    assert ran == ["check", "full@0", "report", "score_full", "target@0-random-0.5", "target@0-svp-0.5"], out

@@ -164,8 +164,21 @@ def test_checkpoint_from_other_model_or_store(digits_store, tmp_path, make_npz):
 
 def test_unreadable_checkpoint(digits_store, tmp_path):
     (tmp_path / "ck.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="unreadable.*delete it"):
+    with pytest.raises(ValueError, match="unreadable.*--resume never"):
         Trainer(digits_store, tiny_train_cfg(epochs=1)).fit(resume=tmp_path / "ck.pt")
+
+
+def test_trained_model_passed_as_checkpoint_says_what_it_is(digits_store, tmp_path):
+    """A finished run's model.pt is not a checkpoint: the error says so and what to pass,
+    and does not advise deleting it."""
+    from selectkit.io import save_model
+
+    t = Trainer(digits_store, tiny_train_cfg(epochs=1))
+    save_model(tmp_path / "model.pt", t.model, model_sig=t.model_sig, task=t.task, config={})
+    with pytest.raises(ValueError, match=r"is a trained model .*not a training checkpoint.*\.selectkit/checkpoints") as e:
+        Trainer(digits_store, tiny_train_cfg(epochs=1)).fit(resume=tmp_path / "model.pt")
+    assert "delete" not in str(e.value)
+    assert (tmp_path / "model.pt").is_file()
 
 
 def test_nan_loss_names_example_ids(digits_store):

@@ -56,13 +56,35 @@ def _holdout(x: np.ndarray, y: np.ndarray, cfg: DataConfig) -> Tuple[np.ndarray,
     return x[train], y[train], x[test], y[test]
 
 
+def check_source(cfg: DataConfig) -> None:
+    """The cheap part of reading a source: its path exists and has the right kind (the `check`
+    stage runs this before any stage deletes an output).
+
+    Raises:
+        FileNotFoundError: naming data.path and what is expected there.
+    """
+    if cfg.source == "idx":
+        d = Path(cfg.path)  # type: ignore[arg-type]
+        if not d.is_dir():
+            raise FileNotFoundError(
+                f"data.path={str(d)!r} is not a directory. Fashion-MNIST IDX files are expected there; "
+                f"on Debian run `apt-get install dataset-fashion-mnist` (they land in "
+                f"/usr/share/datasets/fashion-mnist), or set data.source: torchvision with download: true.")
+    elif cfg.source == "npz":
+        p = Path(cfg.path)  # type: ignore[arg-type]
+        if not p.is_file():
+            raise FileNotFoundError(f"data.path={str(p)!r}: no such .npz file. Save one with "
+                                    f"np.savez(path, x_train=..., y_train=..., [x_test=..., y_test=...])")
+    elif cfg.source == "imagefolder":
+        root = Path(cfg.path)  # type: ignore[arg-type]
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.path={str(root)!r} is not a directory; expected an image folder "
+                                    f"laid out as <path>/<class>/<image> or <path>/{{train,test}}/<class>/<image>")
+
+
 def from_idx(cfg: DataConfig) -> Source:
     d = Path(cfg.path)  # type: ignore[arg-type]
-    if not d.is_dir():
-        raise FileNotFoundError(
-            f"data.path={str(d)!r} is not a directory. Fashion-MNIST IDX files are expected there; "
-            f"on Debian run `apt-get install dataset-fashion-mnist` (they land in "
-            f"/usr/share/datasets/fashion-mnist), or set data.source: torchvision with download: true.")
+    check_source(cfg)
     parts = [read_idx(find_idx(d, s)) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                                                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
     tx, ty, vx, vy = parts
@@ -89,9 +111,7 @@ def from_digits(cfg: DataConfig) -> Source:
 
 def from_npz(cfg: DataConfig) -> Source:
     p = Path(cfg.path)  # type: ignore[arg-type]
-    if not p.is_file():
-        raise FileNotFoundError(f"data.path={str(p)!r}: no such .npz file. Save one with "
-                                f"np.savez(path, x_train=..., y_train=..., [x_test=..., y_test=...])")
+    check_source(cfg)
     with np.load(p, allow_pickle=False) as z:
         keys = set(z.files)
         if not {"x_train", "y_train"} <= keys:
@@ -162,9 +182,7 @@ def _read_folder(root: Path, classes: List[str], size: Optional[int]) -> Tuple[n
 def from_imagefolder(cfg: DataConfig) -> Source:
     """torchvision's ImageFolder layout: root/<class>/*.png, or root/{train,test}/<class>/*.png."""
     root = Path(cfg.path)  # type: ignore[arg-type]
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.path={str(root)!r} is not a directory; expected an image folder "
-                                f"laid out as <path>/<class>/<image> or <path>/{{train,test}}/<class>/<image>")
+    check_source(cfg)
     split = (root / "train").is_dir() and (root / "test").is_dir()
     base = root / "train" if split else root
     classes = sorted(p.name for p in base.iterdir() if p.is_dir())

@@ -1,0 +1,119 @@
+"""DVC stage `check`: validate every stage of this pipeline before DVC deletes any output.
+
+DVC deletes a stage's outputs before it runs the stage, so a stage that fails on a params
+typo has already lost its previous results. Every stage of selectkit's pipelines depends on
+this stage's marker file, and this stage depends on the whole params file, the stage scripts and the
+code: on any change of these it runs first and, for each stage of the pipeline (matrix items
+expanded by DVC itself), parses the stage's command line with the stage script's own parser
+and calls its ``validate``: params sections, paths, patterns and writable outputs, no work.
+It then checks the tracking server is reachable. Every problem is printed, grouped by the
+stages it affects; nothing is deleted or written unless all pass. The marker's content never
+changes, so a rerun of this stage alone reruns nothing downstream.
+
+Run it by hand too: ``python stages/check.py`` (root) or from a pipeline's folder.
+"""
+
+import argparse
+import importlib.util
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from selectkit.cli import run_stage
+from selectkit.validation import ConfigError, UsageError
+
+MARKER = "selectkit check passed: every stage's params, paths and outputs were valid\n"
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pipeline", default="dvc.yaml", help="the dvc.yaml whose stages to check")
+    ap.add_argument("--params", default="params.yaml", help="the pipeline's params (for the tracking check)")
+    ap.add_argument("--out", default=None, help="marker file written when every check passes")
+    return ap
+
+
+def pipeline_commands(dvcfile: Path) -> List[Tuple[str, str, Path]]:
+    """(stage name, command, working directory) of every stage in ``dvcfile``, matrix and
+    foreach items expanded and ``${...}`` interpolated by DVC."""
+    from dvc.repo import Repo
+
+    dvcfile = dvcfile.resolve()
+    repo = Repo(str(dvcfile.parent))
+    try:
+        stages = repo.stage.load_file(str(dvcfile))
+        return [(s.addressing.split(":")[-1], s.cmd, Path(s.wdir)) for s in stages if getattr(s, "cmd", None)]
+    finally:
+        repo.close()
+
+
+def _stage_module(script: Path):
+    spec = importlib.util.spec_from_file_location(f"selectkit_stage_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_command(cmd: str, wdir: Path, modules: Dict[Path, object]) -> Optional[str]:
+    """Validate one stage command; returns the problem, or None when it passes (or is not a
+    selectkit stage script with a ``validate``)."""
+    argv = shlex.split(cmd)
+    if len(argv) < 2 or Path(argv[0]).name not in ("python", "python3") or not argv[1].endswith(".py"):
+        return None
+    script = (wdir / argv[1]).resolve()
+    if script.name == "check.py" or not script.is_file():
+        return None if script.name == "check.py" else f"{argv[1]} not found (from {wdir})"
+    if script not in modules:
+        modules[script] = _stage_module(script)
+    module = modules[script]
+    if not hasattr(module, "validate") or not hasattr(module, "parser"):
+        return None
+    cwd = os.getcwd()
+    os.chdir(wdir)  # the command's paths are relative to its stage's wdir
+    try:
+        try:
+            args = module.parser().parse_args(argv[2:])
+        except SystemExit:
+            return f"its command line does not parse: {' '.join(argv[2:])}"
+        module.validate(args)
+    except (ConfigError, UsageError, FileNotFoundError, ValueError) as e:
+        return str(e)
+    finally:
+        os.chdir(cwd)
+    return None
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    from selectkit.config import TrackingConfig, load_section
+    from selectkit.io import atomic_write_text
+    from selectkit.tracking import check_tracking
+
+    args = parser().parse_args(argv)
+    dvcfile = Path(args.pipeline)
+    if not dvcfile.is_file():
+        raise UsageError(f"--pipeline {dvcfile} not found: run from the folder holding the pipeline's dvc.yaml")
+    problems: Dict[str, List[str]] = {}
+    modules: Dict[Path, object] = {}
+    commands = pipeline_commands(dvcfile)
+    for name, cmd, wdir in commands:
+        if (problem := check_command(cmd, wdir, modules)) is not None:
+            problems.setdefault(problem, []).append(name)
+    try:
+        check_tracking(load_section(args.params, "tracking", TrackingConfig))
+    except (ConfigError, UsageError) as e:
+        problems.setdefault(str(e), []).append("every stage (tracking)")
+    if problems:
+        lines = [f"{len(problems)} problem(s) in {dvcfile} / {args.params}; nothing was run or deleted:"]
+        for problem, names in problems.items():
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            lines.append(f"  - {shown}: {problem}")
+        raise ConfigError("\n".join(lines))
+    print(f"checked {len(commands)} stages of {dvcfile}: params, paths and outputs are valid", file=sys.stderr)
+    if args.out:
+        atomic_write_text(args.out, MARKER)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,100 @@
+"""Stage scripts as a user runs them (subprocesses, output not a terminal): they fail fast and
+clearly before any work, print progress a person can watch, and end with the final error."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PARAMS = """
+train:
+  model: {name: mlp, args: {hidden: [32]}}
+  input: {batch_size: 64, prefetch: 1}
+  epochs: 2
+  eval_every: 10
+  threads: 1
+tracking: {experiment: EXPERIMENT, pipeline: stages-test}
+"""
+
+
+def stage(cwd, name, *args, env=None):
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), *args], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def params(tmp_path, request):
+    experiment = f"stages-{request.node.name}"[:60]
+    p = tmp_path / "params.yaml"
+    p.write_text(PARAMS.replace("EXPERIMENT", experiment))
+    return p, experiment
+
+
+def _runs(experiment):
+    exp = mlflow.MlflowClient().get_experiment_by_name(experiment)
+    return mlflow.MlflowClient().search_runs([exp.experiment_id]) if exp else []
+
+
+def test_train_prints_progress_lines_and_the_final_error(tmp_path, params, digits_store):
+    p, experiment = params
+    r = stage(tmp_path, "train", "--params", str(p), "--store", str(digits_store.root), "--out", "runs/t")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "train traditional seed 0: epoch" in ln]
+    assert len(lines) >= 3, r.stderr  # one per evaluation (every 10 steps of 23 per epoch, and the end)
+    assert "test error" in lines[0] and "examples/s" in lines[0] and "s left" in lines[0]
+    last = r.stdout.strip().splitlines()[-1]
+    metrics = json.loads((tmp_path / "runs/t/metrics.json").read_text())
+    assert last.startswith(f"traditional seed 0: final test error {100 * metrics['final_test_error']:.2f} %"), last
+    assert set(metrics) == {"final_test_error", "train_s", "examples_backpropagated", "kept_fraction", "epochs"}
+    assert metrics["kept_fraction"] == pytest.approx(1.0, abs=0.05)  # the last partial batch is dropped
+    run = json.loads((tmp_path / "runs/t/run.json").read_text())
+    assert run["counters"] is not None and run["cpu"] and run["final_test_error"] == metrics["final_test_error"]
+
+
+def _assert_user_error(r, *needles):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in last, last
+
+
+def test_unwritable_out_or_checkpoint_fails_before_training(tmp_path, params, digits_store):
+    p, experiment = params
+    (tmp_path / "a-file").write_text("")
+    base = ["--params", str(p), "--store", str(digits_store.root)]
+    t0 = time.monotonic()
+    r = stage(tmp_path, "train", *base, "--out", "a-file/run")
+    _assert_user_error(r, "--out a-file/run cannot be written", "a-file is a file")
+    r = stage(tmp_path, "train", *base, "--out", "runs/t", "--checkpoint", "a-file/ck.pt")
+    _assert_user_error(r, "--checkpoint a-file/ck.pt cannot be written", "--checkpoint <a writable file>")
+    assert time.monotonic() - t0 < 60  # no training happened: two interpreter starts
+    assert not (tmp_path / "runs").exists() and _runs(experiment) == []
+
+
+def test_a_trained_model_as_resume_checkpoint_says_what_it_is(tmp_path, params, digits_store):
+    p, experiment = params
+    base = ["--params", str(p), "--store", str(digits_store.root)]
+    assert stage(tmp_path, "train", *base, "--out", "runs/t").returncode == 0
+    r = stage(tmp_path, "train", *base, "--out", "runs/u", "--resume", "runs/t/model.pt")
+    _assert_user_error(r, "runs/t/model.pt is a trained model", ".selectkit/checkpoints/<run name>.pt")
+    assert (tmp_path / "runs/t/model.pt").is_file() and not (tmp_path / "runs/u").exists()
+    assert len(_runs(experiment)) == 1  # the failed stage opened no MLflow run
+
+
+def test_unreachable_tracking_server_fails_within_seconds(tmp_path, params, digits_store):
+    p, _ = params
+    t0 = time.monotonic()
+    r = stage(tmp_path, "train", "--params", str(p), "--store", str(digits_store.root), "--out", "runs/t",
+              env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert time.monotonic() - t0 < 30
+    _assert_user_error(r, "http://127.0.0.1:9", "MLFLOW_TRACKING_URI")
+    assert not (tmp_path / "runs/t").exists()
