@@ -31,10 +31,11 @@ import torch.nn.functional as F
 
 from selectkit.config import TrackingConfig, TrainConfig, train_config
 from selectkit.models import build_model
+from selectkit.optim import lr_at
 from selectkit.tasks import ImageSpec
 from selectkit.store import Store
 from selectkit.tracking import Tracker
-from selectkit.train import Trainer, lr_at
+from selectkit.train import Trainer
 
 CFG = {"model": {"name": "cnn", "args": {"channels": [32, 64]}}, "epochs": 1, "eval_every": 0,
        "input": {"batch_size": 128, "prefetch": 2}, "warmup": 0.05}

@@ -5,10 +5,10 @@ points, so the training step only appends to a list: one ``log_metric`` call per
 milliseconds against SQLite. The same final figures go to ``metrics.json`` (DVC metrics) and
 the same curve to a CSV (DVC plots), so ``dvc metrics show`` and MLflow agree.
 
-A run first checks its tracking store (``check_tracking``): an unreachable server fails the
-stage within seconds with a message naming the URI, where it came from and the fix, instead of
-stalling in MLflow's retries. A resumed training stage reopens its interrupted run, so one
-MLflow run holds the whole history.
+A run first checks its tracking store (``selectkit.preflight.check_tracking``): an unreachable
+server fails the stage within seconds with a message naming the URI, where it came from and the
+fix, instead of stalling in MLflow's retries. A resumed training stage reopens its interrupted
+run, so one MLflow run holds the whole history.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import re
 import subprocess
 import time
 import traceback
@@ -29,15 +28,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 from selectkit.config import TrackingConfig, flatten
 from selectkit.dist import is_main_process
 from selectkit.io import atomic_write_text
-from selectkit.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
-# MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) stall a run ~4 minutes
-# on a dead server; these bound a stall to seconds (refused) or about a minute (hung).
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 def project_root() -> Path:
@@ -57,101 +51,6 @@ def default_uri() -> str:
 def resolve_uri(cfg: TrackingConfig) -> str:
     """params' tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db."""
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
-
-
-def bound_http_stalls() -> None:
-    """Set MLflow's HTTP retry and timeout variables to ``HTTP_DEFAULTS`` where the user has not."""
-    for k, v in HTTP_DEFAULTS.items():
-        os.environ.setdefault(k, v)
-
-
-def _origin_and_fix(cfg: TrackingConfig) -> tuple[str, str]:
-    """Where the tracking URI came from, and how to pick another one."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if cfg.uri:
-        then = f"MLFLOW_TRACKING_URI={env}" if env else f"the default local store {default_uri()}"
-        return ("from params' tracking.uri, which overrides MLFLOW_TRACKING_URI",
-                f"correct tracking.uri in params.yaml, or remove it to use {then}")
-    if env:
-        return ("from the MLFLOW_TRACKING_URI environment variable; params set no tracking.uri",
-                f"correct MLFLOW_TRACKING_URI, or unset it to use the default local store {default_uri()}")
-    return ("the default local store: neither params' tracking.uri nor MLFLOW_TRACKING_URI is set",
-            "set tracking.uri in params.yaml (or MLFLOW_TRACKING_URI) to a store you can write")
-
-
-def _short_reason(e: BaseException) -> str:
-    """'[Errno 111] Connection refused' out of the nested requests/urllib3 message."""
-    text = str(e)
-    m = re.search(r"\[Errno -?\d+\][^'\")]*", text)
-    if m:
-        return m.group(0).strip()
-    if "timed out" in text.lower() or "timeout" in type(e.__cause__ or e).__name__.lower():
-        return "no answer within the timeout"
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
-def _http_problem(uri: str, experiment: str, timeout: float) -> Optional[str]:
-    """One request, no retries, the same credentials and TLS settings MLflow's client uses:
-    what is wrong with the server at ``uri``, or None."""
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
-
-    endpoint = "/api/2.0/mlflow/experiments/get-by-name"
-    try:
-        r = http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, backoff_factor=0,
-                         timeout=timeout, raise_on_status=False, params={"experiment_name": experiment})
-    except Exception as e:
-        return f"is not reachable ({_short_reason(e)} on GET {uri.rstrip('/')}{endpoint}, {timeout:g} s timeout)"
-    if r.status_code in (401, 403):
-        return (f"refused the request (HTTP {r.status_code}): set MLFLOW_TRACKING_USERNAME and "
-                f"MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, to credentials it accepts")
-    if r.status_code >= 500:
-        return f"answered HTTP {r.status_code} (server error); check the server's log"
-    try:  # 200, or an MLflow error such as RESOURCE_DOES_NOT_EXIST: an MLflow server
-        ok = r.status_code == 200 or "error_code" in r.json()
-    except ValueError:
-        ok = False
-    return None if ok else (f"answered HTTP {r.status_code} to {endpoint}, which is not an MLflow "
-                            f"tracking server's answer (wrong port or path?)")
-
-
-def _sqlite_problem(uri: str) -> Optional[str]:
-    from sqlalchemy.engine import make_url
-
-    db = make_url(uri).database
-    if not db or db == ":memory:":
-        return None
-    path = Path(db).resolve()
-    if not path.parent.is_dir():
-        return f"needs the directory {path.parent}, which does not exist (create it)"
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return f"needs {path.parent} and {path.name} there writable by this user"
-    return None
-
-
-def check_tracking(cfg: TrackingConfig, timeout: float = 5.0) -> str:
-    """The tracking URI (see ``resolve_uri``), once checked usable.
-
-    An http(s) server gets one request with ``timeout`` seconds and no retries; a SQLite store's
-    directory must exist and be writable. Other schemes are returned unchecked.
-
-    Raises:
-        ConfigError: naming the URI, where it came from (params' ``tracking.uri``, the
-            ``MLFLOW_TRACKING_URI`` environment variable or the default) and the fix.
-    """
-    uri = resolve_uri(cfg)
-    scheme = uri.split(":", 1)[0].lower()
-    if scheme in ("http", "https"):
-        problem = _http_problem(uri, cfg.experiment, timeout)
-        fix = "start the server, "
-    elif scheme == "sqlite":
-        problem, fix = _sqlite_problem(uri), ""
-    else:
-        return uri
-    if problem:
-        origin, other = _origin_and_fix(cfg)
-        raise ConfigError(f"MLflow tracking store {uri} ({origin}) {problem}. Fix: {fix}{other}.")
-    return uri
 
 
 def git_commit(cwd: Optional[Path] = None) -> str:
@@ -217,6 +116,8 @@ class Tracker:
             return
         import mlflow
         from mlflow.entities import RunStatus
+
+        from selectkit.preflight import bound_http_stalls, check_tracking  # here: preflight imports this module
 
         bound_http_stalls()
         self.uri = check_tracking(self.cfg)

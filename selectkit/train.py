@@ -10,9 +10,7 @@ backward, optimizer step; evaluate and checkpoint on schedule.
 from __future__ import annotations
 
 import logging
-import math
 import signal
-import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +22,17 @@ from tqdm.auto import tqdm
 
 from selectkit import dist
 from selectkit.checkpoint import check_compatible, read_checkpoint, save_checkpoint
+from selectkit.clock import PhaseClock
 from selectkit.config import TrainConfig, to_dict
 from selectkit.graph import build_input_graph, candidate_ids
 from selectkit.handle import ModelHandle
 from selectkit.machine import cpu_name, device_name
 from selectkit.models import make_model, model_signature
+from selectkit.optim import lr_at, make_optimizer
 from selectkit.store import Store
 from selectkit.tasks import task_for
 
 log = logging.getLogger(__name__)
-
-PHASES = ("data", "selection", "forward", "backward", "optimizer", "evaluation", "checkpoint", "other")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,57 +43,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but no CUDA device is available: use auto or cpu")
     return dev
-
-
-def lr_at(progress: float, cfg) -> float:
-    """Learning rate at ``progress`` in [0, 1] of training, by ``cfg``'s (a TrainConfig's) schedule."""
-    p = min(max(progress, 0.0), 1.0)
-    if cfg.warmup > 0 and p < cfg.warmup:
-        return cfg.lr * p / cfg.warmup
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "step":
-        return cfg.lr * cfg.gamma ** sum(p >= m for m in cfg.milestones)
-    q = (p - cfg.warmup) / (1.0 - cfg.warmup)
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * q))
-
-
-def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-class PhaseClock:
-    """Accumulates seconds per phase. On CUDA, synchronises at phase ends so kernels are
-    charged to the phase that launched them (a sync point: costs throughput, buys truth)."""
-
-    def __init__(self, device: torch.device):
-        self.sync = device.type == "cuda"
-        self.seconds: Dict[str, float] = {p: 0.0 for p in PHASES}
-        self._t = time.perf_counter()
-
-    def restart(self) -> None:
-        """Start timing afresh from now (time before this is charged to no phase)."""
-        self._t = time.perf_counter()
-
-    def move(self, seconds: float, src: str, dst: str) -> None:
-        """Re-charge ``seconds`` measured inside phase ``src`` to phase ``dst``."""
-        self.seconds[dst] = self.seconds.get(dst, 0.0) + seconds
-        self.seconds[src] -= seconds
-
-    def lap(self, phase: str) -> None:
-        if self.sync:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.seconds[phase] += now - self._t
-        self._t = now
-
-    @property
-    def train_s(self) -> float:
-        """Wall-clock spent training (evaluation and checkpointing excluded)."""
-        return sum(v for k, v in self.seconds.items() if k not in ("evaluation", "checkpoint"))
 
 
 @dataclass

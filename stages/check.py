@@ -88,7 +88,7 @@ def check_command(cmd: str, wdir: Path, modules: Dict[Path, object]) -> Optional
 def main(argv: Optional[List[str]] = None) -> None:
     from selectkit.config import TrackingConfig, load_section
     from selectkit.io import atomic_write_text
-    from selectkit.tracking import check_tracking
+    from selectkit.preflight import check_tracking
 
     args = parser().parse_args(argv)
     dvcfile = Path(args.pipeline)

@@ -48,8 +48,9 @@ def validate(args: argparse.Namespace):
 def main(argv: Optional[List[str]] = None) -> None:
     from selectkit.io import fresh_dir, replace_dir
     from selectkit.methods.svp.report import svp_analysis, svp_markdown
-    from selectkit.report import (attach_costs, clean_json, expand_runs, headline, load_run, markdown, method_plots,
-                                  plot, summarise, write_curves)
+    from selectkit.plots import method_plots, plot
+    from selectkit.report import (attach_costs, clean_json, expand_runs, headline, load_run, markdown, summarise,
+                                  write_curves)
     from selectkit.store import Store
     from selectkit.tracking import Tracker
 

@@ -58,8 +58,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser().parse_args(argv)
     cfg, tracking = validate(args)
 
+    from selectkit.preflight import check_tracking
     from selectkit.store import Store
-    from selectkit.tracking import Tracker, check_tracking
+    from selectkit.tracking import Tracker
     from selectkit.train import Trainer, headline
 
     check_tracking(tracking)  # seconds, not minutes of retries, before the data is even loaded

@@ -7,9 +7,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-import selectkit.report as report
-from selectkit.report import (clean_json, expand_runs, fit_xlim, headline, load_run, machine_label, markdown,
-                              mean_band, modelled_seconds, plot, summarise, time_to_error)
+import selectkit.plots as plots
+from selectkit.plots import fit_xlim, mean_band, plot
+from selectkit.report import (clean_json, expand_runs, headline, load_run, machine_label, markdown, modelled_seconds,
+                              summarise, time_to_error)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +173,7 @@ def test_plot_two_panels_fitted_axis_marked_stall_and_title(run_dirs, tmp_path, 
     runs = [load_run(d) for d in run_dirs]
     summary = clean_json(summarise(runs, "traditional", [1.1]))
     figs = []
-    save = report.save_figure
+    save = plots.save_figure
 
     def keep(fig, path, dpi):
         figs.append((fig, [ax.get_xlim() for ax in fig.axes],
@@ -180,7 +181,7 @@ def test_plot_two_panels_fitted_axis_marked_stall_and_title(run_dirs, tmp_path, 
                      [t.get_text() for t in fig.axes[1].get_legend().get_texts()], fig.get_suptitle()))
         save(fig, path, dpi)
 
-    monkeypatch.setattr(report, "save_figure", keep)
+    monkeypatch.setattr(plots, "save_figure", keep)
     plot(runs, tmp_path / "error_vs_time.png", summary)
     assert (tmp_path / "error_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fig, xlims, texts, legend, title = figs[0]

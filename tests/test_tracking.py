@@ -84,7 +84,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from selectkit.tracking import HTTP_DEFAULTS, bound_http_stalls, check_tracking
+from selectkit.preflight import HTTP_DEFAULTS, bound_http_stalls, check_tracking
 from selectkit.validation import ConfigError
 
 

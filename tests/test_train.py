@@ -7,7 +7,8 @@ import torch
 from selectkit.checkpoint import read_checkpoint
 from selectkit.config import TrainConfig
 from selectkit.methods import METHODS
-from selectkit.train import Trainer, lr_at
+from selectkit.optim import lr_at
+from selectkit.train import Trainer
 
 from conftest import FMNIST_DIR, tiny_train_cfg
 

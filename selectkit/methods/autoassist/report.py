@@ -49,7 +49,7 @@ def plot(runs: List[Dict[str, Any]], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from selectkit.report import save_figure
+    from selectkit.plots import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colours: Dict[str, Any] = {}
