@@ -71,6 +71,15 @@ def write_csv(path: str | Path, rows: Sequence[Dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
 class Tracker:
     """Tracks one stage execution. Use as ``with Tracker(...).run(params) as t: ...``.
 
@@ -279,7 +288,14 @@ class Tracker:
             except Exception as e:  # torch.export cannot trace it
                 log.warning("torch.export could not trace the model (%s: %s); logging it pickled",
                             type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
-        return mlflow.pytorch.log_model(net, input_example=input_example, serialization_format="pickle", **kwargs)
+        # MLflow warns on every pickled model that unpickling runs code: true of any file from an
+        # untrusted source, not news for a model this run just trained; once per stage is noise.
+        quiet = _DropMessage("Saving pytorch model by Pickle")
+        logging.getLogger("mlflow.pytorch").addFilter(quiet)
+        try:
+            return mlflow.pytorch.log_model(net, input_example=input_example, serialization_format="pickle", **kwargs)
+        finally:
+            logging.getLogger("mlflow.pytorch").removeFilter(quiet)
 
     def finish(self, metrics: Dict[str, Any], metrics_path: Optional[str | Path] = None,
                curve: Optional[Sequence[Dict[str, Any]]] = None, curve_path: Optional[str | Path] = None) -> None:
