@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 FMNIST ?= /usr/share/datasets/fashion-mnist
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: quickstart pipeline online test env data bench clean
+.PHONY: quickstart pipeline online check test env data bench clean
 
 # Traditional vs Selective-Backprop on scikit-learn's digits: the whole workflow in about 30 s.
 quickstart: env
@@ -22,6 +22,12 @@ pipeline: env data
 # Traditional vs Selective-Backprop vs Stale-SB on Fashion-MNIST (3 seeds each, about 8 minutes).
 online: env data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro pipelines/online-fashion-mnist/dvc.yaml
+
+# Validate every stage of every pipeline (params, paths, writable outputs, the tracking
+# server) without running anything; `dvc repro` does the same first, in its `check` stage.
+check: env
+	$(BIN)/python stages/check.py
+	for p in pipelines/*/; do (cd $$p && $(abspath $(BIN))/python ../../stages/check.py) || exit 1; done
 
 test: env data
 	$(BIN)/python -m pytest
