@@ -51,11 +51,13 @@ def read_checkpoint(path: str | Path) -> Dict[str, Any]:
 
 
 def check_compatible(ckpt: Dict[str, Any], path: str | Path, model_sig: Dict[str, Any], fingerprint: str) -> None:
-    """Raise a ValueError naming both sides when a checkpoint belongs to another model or store."""
+    """Raise a UsageError naming both sides when a checkpoint belongs to another model or store."""
+    from selectkit.validation import UsageError
+
     if ckpt["model_sig"] != model_sig:
-        raise ValueError(f"checkpoint {path} holds model {ckpt['model_sig']} but this run builds "
+        raise UsageError(f"checkpoint {path} holds model {ckpt['model_sig']} but this run builds "
                          f"{model_sig}: resume with the same train.model, or delete the checkpoint")
     if ckpt["store_fingerprint"] != fingerprint:
-        raise ValueError(f"checkpoint {path} was trained on store {ckpt['store_fingerprint']} but this "
+        raise UsageError(f"checkpoint {path} was trained on store {ckpt['store_fingerprint']} but this "
                          f"run's store is {fingerprint}: the data changed since; delete the checkpoint "
                          f"to train afresh on the new store")

@@ -1,7 +1,8 @@
 """How a stage script ends: the user's own error, not a traceback, is the last thing printed.
 
 ``run_stage(main)`` runs a stage's ``main``. A mistake the user can fix (a params value, a path,
-a file of the wrong kind: ConfigError, UsageError, FileNotFoundError) prints one line
+a file of the wrong kind, a diverged loss: ConfigError, UsageError, FileNotFoundError,
+FloatingPointError) prints one line
 ``error: <what and how to fix it>``; any other failure prints its traceback and then that line.
 Ctrl-C / SIGTERM exit 130 (the trainer has checkpointed by then).
 """
@@ -15,7 +16,7 @@ from typing import Callable
 
 from selectkit.validation import ConfigError, UsageError
 
-USER_ERRORS = (ConfigError, UsageError, FileNotFoundError)
+USER_ERRORS = (ConfigError, UsageError, FileNotFoundError, FloatingPointError)
 
 
 def run_stage(main: Callable[[], None]) -> None:

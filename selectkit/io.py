@@ -34,10 +34,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def check_writable(path: str | Path, what: str, fix: str = "") -> None:
-    """Fail now, before any work, when ``path`` (a file or directory to be written later)
-    cannot be written: its nearest existing ancestor must be a directory where a file can be
-    created (tried for real: permission bits do not bind root, read-only mounts do).
+def check_writable(path: str | Path, what: str, fix: str = "", kind: str = "dir") -> None:
+    """Fail now, before any work, when ``path`` (a directory, or with ``kind="file"`` a file,
+    to be written later) cannot be written: an existing path must be of that kind, and its
+    nearest existing ancestor a directory where a file can be created (tried for real:
+    permission bits do not bind root, read-only mounts do).
 
     Raises:
         UsageError: naming ``what``, the path, the reason and ``fix``.
@@ -47,10 +48,14 @@ def check_writable(path: str | Path, what: str, fix: str = "") -> None:
     from selectkit.validation import UsageError
 
     path = Path(path)
+    hint = f"; {fix}" if fix else ""
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} is a file, but a directory is written there{hint}")
+    if kind == "file" and path.is_dir():
+        raise UsageError(f"{what} {path} is a directory, but a file is written there{hint}")
     probe = path if path.is_dir() else path.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    hint = f"; {fix}" if fix else ""
     if not probe.is_dir():
         raise UsageError(f"{what} {path} cannot be written: {probe} is a file, not a directory{hint}")
     try:
@@ -112,6 +117,7 @@ def load_model(run: str | Path, task, device=None) -> Tuple[Any, Dict[str, Any]]
 
     from selectkit.config import ModelConfig
     from selectkit.models import build_model
+    from selectkit.validation import UsageError
 
     p = Path(run)
     p = p / MODEL_FILE if p.is_dir() or not p.suffix else p
@@ -120,12 +126,12 @@ def load_model(run: str | Path, task, device=None) -> Tuple[Any, Dict[str, Any]]
     try:
         saved = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ValueError(f"{p} is unreadable ({type(e).__name__}: {e}): rerun the train stage that wrote it") from None
+        raise UsageError(f"{p} is unreadable ({type(e).__name__}: {e}): rerun the train stage that wrote it") from None
     if not isinstance(saved, dict) or "model_sig" not in saved or "state_dict" not in saved:
-        raise ValueError(f"{p} is not a model saved by selectkit (no model_sig/state_dict): pass a run "
+        raise UsageError(f"{p} is not a model saved by selectkit (no model_sig/state_dict): pass a run "
                          f"directory written by stages/train.py")
     if saved["store_fingerprint"] != task.fingerprint:
-        raise ValueError(f"model {p} was trained on store {saved['store_fingerprint']} but the store is "
+        raise UsageError(f"model {p} was trained on store {saved['store_fingerprint']} but the store is "
                          f"{task.fingerprint}: rerun its train stage on this store")
     sig = saved["model_sig"]
     model = build_model(ModelConfig(sig["name"], sig["args"]), task.spec, task.num_classes)

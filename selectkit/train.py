@@ -31,6 +31,7 @@ from selectkit.models import make_model, model_signature
 from selectkit.optim import lr_at, make_optimizer
 from selectkit.store import Store
 from selectkit.tasks import task_for
+from selectkit.validation import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA device is available: use auto or cpu")
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available: use auto or cpu")
     return dev
 
 
@@ -100,8 +101,11 @@ class Trainer:
         self._stop_reason: Optional[str] = None
         self._carved = 0.0  # selection seconds already moved out of the data phase
         self._test_cache: Optional[List[Dict[str, torch.Tensor]]] = None
-        self._bar = None  # the tqdm bar while fitting (disabled when the output is not a terminal)
+        self._live_bar = False  # a live progress bar (a terminal); else one log line per evaluation
+        self._bar = None
         self._done = 0.0  # fraction of training done at the last step
+        self._epochs_done = 0.0  # epochs of candidates covered, fractional (budget runs stop inside one)
+        self._warned_checkpoint = False
 
     # ---------------------------------------------------------------- checkpoint and resume
     def _state(self, complete: bool = False) -> Dict[str, Any]:
@@ -114,7 +118,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "step": self.p.step, "epoch": self.p.epoch, "counters": dict(self.p.counters),
             "history": list(self.p.history), "seconds": dict(self.clock.seconds), "complete": complete,
-            "tracking_run_id": getattr(self.tracker, "run_id", None),
+            "tracking_run_id": getattr(self.tracker, "run_id", None), "epochs_done": self._epochs_done,
         }
 
     def save(self, complete: bool = False) -> None:
@@ -134,18 +138,31 @@ class Trainer:
         if resume is None:
             return None
         if resume == "auto":
-            if self.checkpoint_path is None or not self.checkpoint_path.is_file():
-                return None
-            ckpt = read_checkpoint(self.checkpoint_path)
-            return ckpt if self._resumable(ckpt) else None
+            ckpt = self._auto_checkpoint()
+            return ckpt if ckpt is not None and self._resumable(ckpt) else None
         ckpt = read_checkpoint(resume)
         check_compatible(ckpt, resume, self.model_sig, self.store.fingerprint)
         return ckpt
 
+    def _auto_checkpoint(self) -> Optional[Dict[str, Any]]:
+        """The checkpoint at ``checkpoint_path`` for automatic resume; one that cannot be read
+        (cut short, another format) is not the user's to fix: warn, train afresh, overwrite it."""
+        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+            return None
+        try:
+            return read_checkpoint(self.checkpoint_path)
+        except UsageError as e:
+            if not self._warned_checkpoint:
+                log.warning("training afresh, not resuming: %s (it will be overwritten)", e)
+                self._warned_checkpoint = True
+            return None
+
     def resume(self, path: str | Path, strict: bool = True) -> bool:
         """Restore a checkpoint. With ``strict=False`` (automatic resume), a checkpoint of another
         config, or a finished one, is ignored (returns False) instead of raising."""
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path) if strict else self._auto_checkpoint()
+        if ckpt is None:
+            return False
         if not strict and not self._resumable(ckpt):
             log.info("ignoring checkpoint %s: it belongs to another config or store, or is finished", path)
             return False
@@ -158,6 +175,7 @@ class Trainer:
         if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.p = _Progress(ckpt["step"], ckpt["epoch"], dict(ckpt["counters"]), list(ckpt["history"]))
+        self._epochs_done = ckpt.get("epochs_done", float(ckpt["epoch"]))
         self.clock.seconds.update(ckpt["seconds"])
         log.info("resumed from %s at step %d (epoch %d)", path, self.p.step, self.p.epoch)
         return True
@@ -215,10 +233,10 @@ class Trainer:
                "examples_seen": self.p.counters["examples_backpropagated"], **r,
                "examples_forwarded": self.p.counters["examples_forwarded"], **counters}
         self.p.history.append(row)
-        if self._bar is not None and self._bar.disable:  # no live bar (output is not a terminal): one line
-            log.info(self._progress_line(row))
-        elif self._bar is not None:
+        if self._live_bar and not self._bar.disable:
             self._bar.set_postfix_str(f"test error {100 * r['test_error']:.2f} %", refresh=False)
+        elif not self._live_bar:  # output is not a terminal (a log, CI): one line per evaluation
+            log.info(self._progress_line(row))
         if self.tracker is not None:
             t = self.tracker
             t.log({"test/error": r["test_error"], "test/loss": r["test_loss"],
@@ -233,14 +251,17 @@ class Trainer:
         """``train sb seed 0: epoch 3/10, step 705: test error 9.81 %, 2480 examples/s, about 41 s left``."""
         cfg, done = self.cfg, self._done
         rate = row["examples_seen"] / row["wall_s"] if row["wall_s"] > 0 else 0.0
-        text = (f"train {cfg.label} seed {cfg.seed}: epoch {min(self.p.epoch + 1, cfg.epochs)}/{cfg.epochs}, "
-                f"step {self.p.step}: test error {100 * row['test_error']:.2f} %, {rate:.0f} examples/s")
-        if 0 < done < 1:
-            text += f", about {row['wall_s'] * (1 - done) / done:.0f} s left"
+        where = (f"{100 * min(done, 1.0):.0f} % of a {cfg.budget_s:g} s budget" if cfg.budget_s is not None
+                 else f"epoch {min(self.p.epoch + 1, cfg.epochs)}/{cfg.epochs}")
+        text = (f"train {cfg.label} seed {cfg.seed}: {where}, step {self.p.step}: test error "
+                f"{100 * row['test_error']:.2f} %, {rate:.0f} examples/s")
+        if 0 < done < 1:  # training time only: evaluations and checkpoints come on top
+            text += f", about {row['wall_s'] * (1 - done) / done:.0f} s of training left"
         return text
 
     # ---------------------------------------------------------------- the loop
     def _progress(self, batch: Dict[str, Any]) -> float:
+        self._epochs_done = batch["epoch"] + (batch["index"] + 1) / batch["num_batches"]
         if self.cfg.budget_s is not None:
             self._done = self.clock.train_s / self.cfg.budget_s
         else:
@@ -296,12 +317,15 @@ class Trainer:
     def _out_of_budget(self) -> bool:
         return self.cfg.budget_s is not None and self.clock.train_s >= self.cfg.budget_s
 
-    def fit(self, resume: Optional[str | Path] = None) -> TrainResult:
+    def fit(self, resume: Optional[str | Path] = None, complete: bool = True) -> TrainResult:
         """Train to the end of ``cfg.epochs`` (or ``cfg.budget_s``).
 
         Args:
             resume: ``"auto"`` resumes from ``checkpoint_path`` when it holds an unfinished run
                 of the same config; a path resumes from that checkpoint or fails.
+            complete: mark the final checkpoint finished. A stage passes False and calls
+                ``mark_complete()`` once its outputs are written: if writing them fails, the
+                rerun resumes at the end of training and only writes them (no retraining).
 
         Raises:
             KeyboardInterrupt: after SIGINT/SIGTERM, once the last step is checkpointed.
@@ -316,6 +340,7 @@ class Trainer:
         self.model.train()
         self.clock.restart()
         bar = self._bar = tqdm(total=None, desc=f"train {cfg.label}", disable=None, leave=False, initial=self.p.step)
+        self._live_bar = not bar.disable
         try:
             self._loop(bar)
         finally:
@@ -323,8 +348,13 @@ class Trainer:
             self.graph.shutdown()  # stop method workers (e.g. the AutoAssist assistant), also on errors
         self._done = 1.0
         self._eval_point()
-        self.save(complete=True)
+        self.save(complete=complete)
         return TrainResult(self._summary(), list(self.p.history), self.model, self.checkpoint_path)
+
+    def mark_complete(self) -> None:
+        """Mark the checkpoint finished (after a ``fit(complete=False)``'s outputs are written):
+        an automatic resume then ignores it and a rerun trains afresh."""
+        self.save(complete=True)
 
     def _loop(self, bar) -> None:
         cfg = self.cfg
@@ -361,7 +391,7 @@ class Trainer:
     def _full_epochs_examples(self) -> float:
         """The examples Traditional training on the whole train split would backpropagate in the
         epochs (or the fraction of them) this run covered."""
-        epochs = self.cfg.epochs if self.cfg.budget_s is None else self.p.epoch + self._done % 1
+        epochs = self.cfg.epochs if self.cfg.budget_s is None else min(self.cfg.epochs, self._epochs_done)
         return len(self.task) * epochs
 
     def _summary(self) -> Dict[str, Any]:

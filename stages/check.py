@@ -56,20 +56,26 @@ def _stage_module(script: Path):
     return module
 
 
+NOT_CHECKED = "not checked"
+
+
 def check_command(cmd: str, wdir: Path, modules: Dict[Path, object]) -> Optional[str]:
-    """Validate one stage command; returns the problem, or None when it passes (or is not a
-    selectkit stage script with a ``validate``)."""
+    """Validate one stage command; returns the problem, ``NOT_CHECKED`` for a command that is
+    not ``python <a stage script with parser() and validate()> ...``, or None when it passes."""
     argv = shlex.split(cmd)
-    if len(argv) < 2 or Path(argv[0]).name not in ("python", "python3") or not argv[1].endswith(".py"):
-        return None
+    if len(argv) < 2 or not Path(argv[0]).name.startswith("python") or not argv[1].endswith(".py"):
+        return NOT_CHECKED
     script = (wdir / argv[1]).resolve()
-    if script.name == "check.py" or not script.is_file():
-        return None if script.name == "check.py" else f"{argv[1]} not found (from {wdir})"
+    if not script.is_file():
+        return f"{argv[1]} not found (from {wdir})"
     if script not in modules:
-        modules[script] = _stage_module(script)
+        try:
+            modules[script] = _stage_module(script)
+        except Exception as e:  # noqa: BLE001 - any import failure is this stage's problem
+            return f"{argv[1]} does not import: {type(e).__name__}: {e}"
     module = modules[script]
     if not hasattr(module, "validate") or not hasattr(module, "parser"):
-        return None
+        return NOT_CHECKED
     cwd = os.getcwd()
     os.chdir(wdir)  # the command's paths are relative to its stage's wdir
     try:
@@ -80,6 +86,8 @@ def check_command(cmd: str, wdir: Path, modules: Dict[Path, object]) -> Optional
         module.validate(args)
     except (ConfigError, UsageError, FileNotFoundError, ValueError) as e:
         return str(e)
+    except Exception as e:  # noqa: BLE001 - one stage's unexpected failure must not hide the others'
+        return f"its validation failed unexpectedly: {type(e).__name__}: {e}"
     finally:
         os.chdir(cwd)
     return None
@@ -96,9 +104,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         raise UsageError(f"--pipeline {dvcfile} not found: run from the folder holding the pipeline's dvc.yaml")
     problems: Dict[str, List[str]] = {}
     modules: Dict[Path, object] = {}
-    commands = pipeline_commands(dvcfile)
+    unchecked: List[str] = []
+    commands = [c for c in pipeline_commands(dvcfile) if "check.py" not in c[1]]  # not this stage itself
     for name, cmd, wdir in commands:
-        if (problem := check_command(cmd, wdir, modules)) is not None:
+        problem = check_command(cmd, wdir, modules)
+        if problem == NOT_CHECKED:
+            unchecked.append(name)
+        elif problem is not None:
             problems.setdefault(problem, []).append(name)
     try:
         check_tracking(load_section(args.params, "tracking", TrackingConfig))
@@ -110,7 +122,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
             lines.append(f"  - {shown}: {problem}")
         raise ConfigError("\n".join(lines))
-    print(f"checked {len(commands)} stages of {dvcfile}: params, paths and outputs are valid", file=sys.stderr)
+    print(f"checked {len(commands) - len(unchecked)} stages of {dvcfile}: params, paths and outputs are valid"
+          + (f"; not checked (not a selectkit stage script): {', '.join(unchecked)}" if unchecked else ""),
+          file=sys.stderr)
     if args.out:
         atomic_write_text(args.out, MARKER)
 

@@ -74,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         tmp = fresh_dir(out / "metrics")
         for label, figures in headline(summary).items():
-            (tmp / f"{label}.json").write_text(json.dumps(figures, indent=2) + "\n")
+            (tmp / f"{label.replace('/', '_')}.json").write_text(json.dumps(figures, indent=2) + "\n")
         replace_dir(tmp, out / "metrics")
         write_curves(runs, out / "curves.csv")
         plot(runs, out / "error_vs_time.png", summary)

@@ -50,7 +50,7 @@ def validate(args: argparse.Namespace):
     check_writable(args.out, "--out", "pass a run directory you can write")
     check_writable(checkpoint_path(args), "--checkpoint",
                    "pass --checkpoint <a writable file>, or run from a directory you can write "
-                   "(checkpoints default to .selectkit/checkpoints/ there)")
+                   "(checkpoints default to .selectkit/checkpoints/ there)", kind="file")
     return cfg, tracking
 
 
@@ -73,7 +73,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     tags = {"selectkit.label": cfg.label, "selectkit.store_fingerprint": store.fingerprint}
     with tracker.run({args.section: to_dict(cfg)}, tags=tags,
                      resume_run_id=(source or {}).get("tracking_run_id")) as t:
-        result = trainer.fit(resume=resume)
+        result = trainer.fit(resume=resume, complete=False)  # finished only once the outputs are written
         save_model(out / "model.pt", result.model, model_sig=trainer.model_sig, task=trainer.task,
                    config=to_dict(cfg))
         atomic_write_text(out / "run.json", json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
@@ -81,6 +81,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         atomic_write_text(out / "metrics.json", json.dumps(headline(result.metrics), indent=2) + "\n")
         if tracking.log_model:
             t.log_model(result.model, registered_model_name=tracking.registered_model)
+    trainer.mark_complete()  # a failure above leaves the checkpoint resumable: the rerun only writes
     m = result.metrics
     print(f"{cfg.label} seed {cfg.seed}: final test error {100 * m['final_test_error']:.2f} % after "
           f"{m['train_s']:.1f} s of training ({m['epochs']} epochs, {m['examples_backpropagated']} examples "

@@ -49,7 +49,7 @@ def test_train_prints_progress_lines_and_the_final_error(tmp_path, params, digit
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "train traditional seed 0: epoch" in ln]
     assert len(lines) >= 3, r.stderr  # one per evaluation (every 10 steps of 23 per epoch, and the end)
-    assert "test error" in lines[0] and "examples/s" in lines[0] and "s left" in lines[0]
+    assert "test error" in lines[0] and "examples/s" in lines[0] and "s of training left" in lines[0]
     last = r.stdout.strip().splitlines()[-1]
     metrics = json.loads((tmp_path / "runs/t/metrics.json").read_text())
     assert last.startswith(f"traditional seed 0: final test error {100 * metrics['final_test_error']:.2f} %"), last
@@ -77,7 +77,7 @@ def test_unwritable_out_or_checkpoint_fails_before_training(tmp_path, params, di
     r = stage(tmp_path, "train", *base, "--out", "runs/t", "--checkpoint", "a-file/ck.pt")
     _assert_user_error(r, "--checkpoint a-file/ck.pt cannot be written", "--checkpoint <a writable file>")
     assert time.monotonic() - t0 < 60  # no training happened: two interpreter starts
-    assert not (tmp_path / "runs").exists() and _runs(experiment) == []
+    assert not (tmp_path / ".selectkit").exists() and _runs(experiment) == []  # no checkpoint, no MLflow run
 
 
 def test_a_trained_model_as_resume_checkpoint_says_what_it_is(tmp_path, params, digits_store):
@@ -86,7 +86,7 @@ def test_a_trained_model_as_resume_checkpoint_says_what_it_is(tmp_path, params, 
     assert stage(tmp_path, "train", *base, "--out", "runs/t").returncode == 0
     r = stage(tmp_path, "train", *base, "--out", "runs/u", "--resume", "runs/t/model.pt")
     _assert_user_error(r, "runs/t/model.pt is a trained model", ".selectkit/checkpoints/<run name>.pt")
-    assert (tmp_path / "runs/t/model.pt").is_file() and not (tmp_path / "runs/u").exists()
+    assert (tmp_path / "runs/t/model.pt").is_file() and not (tmp_path / ".selectkit/checkpoints/u.pt").exists()
     assert len(_runs(experiment)) == 1  # the failed stage opened no MLflow run
 
 
@@ -97,4 +97,46 @@ def test_unreachable_tracking_server_fails_within_seconds(tmp_path, params, digi
               env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert time.monotonic() - t0 < 30
     _assert_user_error(r, "http://127.0.0.1:9", "MLFLOW_TRACKING_URI")
-    assert not (tmp_path / "runs/t").exists()
+    assert not (tmp_path / ".selectkit").exists()  # failed before training: no checkpoint
+
+
+def test_check_writable_refuses_the_wrong_kind_of_path(tmp_path):
+    from selectkit.io import check_writable
+    from selectkit.validation import UsageError
+
+    (tmp_path / "f").write_text("")
+    (tmp_path / "d").mkdir()
+    check_writable(tmp_path / "d", "--out")
+    check_writable(tmp_path / "new/deeper", "--out")
+    check_writable(tmp_path / "d/ck.pt", "--checkpoint", kind="file")
+    with pytest.raises(UsageError, match=r"--out .*/f is a file, but a directory is written there"):
+        check_writable(tmp_path / "f", "--out")
+    with pytest.raises(UsageError, match=r"--checkpoint .*/d is a directory, but a file is written there"):
+        check_writable(tmp_path / "d", "--checkpoint", kind="file")
+    with pytest.raises(UsageError, match=r"--out .*/f/run cannot be written: .*/f is a file"):
+        check_writable(tmp_path / "f/run", "--out")
+
+
+def _check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("selectkit_stage_check_test", ROOT / "stages/check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_validates_each_stage_command_with_its_own_parser(tmp_path, params, digits_store):
+    p, _ = params
+    check = _check_module()
+    modules = {}
+    train = f"python {ROOT}/stages/train.py --params {p} --store {digits_store.root}"
+    assert check.check_command(f"{train} --out runs/t", tmp_path, modules) is None
+    assert "does not parse" in check.check_command(f"{train} --out runs/t --bogus 1", tmp_path, modules)
+    assert "--method 'nope' has no section method.nope" in check.check_command(
+        f"{train} --out runs/t --method nope", tmp_path, modules)
+    (tmp_path / "f").write_text("")
+    assert "cannot be written" in check.check_command(f"{train} --out f/run", tmp_path, modules)
+    assert check.check_command("bash -c 'echo hi'", tmp_path, modules) == check.NOT_CHECKED
+    assert "not found" in check.check_command("python nowhere/stage.py --x 1", tmp_path, modules)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / ".selectkit").exists()  # nothing written

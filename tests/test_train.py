@@ -218,3 +218,34 @@ def test_fashion_mnist_slice_trains(tmp_path):
     r = Trainer(store, cfg, ids=ids).fit()
     assert r.metrics["final_test_error"] < 0.35  # chance is 0.9
     assert r.metrics["examples_backpropagated"] == 2 * len(ids)
+
+
+def test_kept_fraction_of_a_budget_run_counts_the_epochs_it_covered(digits_store):
+    r = Trainer(digits_store, tiny_train_cfg(epochs=50, eval_every=0, budget_s=0.3)).fit()
+    assert r.metrics["epochs"] < 50
+    assert r.metrics["kept_fraction"] == pytest.approx(1.0, abs=0.06)  # Traditional: all it covered
+
+
+def test_finished_but_unwritten_run_is_not_retrained(digits_store, tmp_path):
+    """A stage fits with complete=False and marks the checkpoint finished after writing its
+    outputs: if writing fails, the rerun resumes at the end of training and trains no step."""
+    ck = tmp_path / "ck.pt"
+    first = Trainer(digits_store, tiny_train_cfg(epochs=1), checkpoint_path=ck).fit(complete=False)
+    again = Trainer(digits_store, tiny_train_cfg(epochs=1), checkpoint_path=ck)
+    second = again.fit(resume="auto", complete=False)
+    assert second.metrics["steps"] == first.metrics["steps"] and second.curve == first.curve
+    assert second.metrics["final_test_error"] == first.metrics["final_test_error"]
+    again.mark_complete()
+    assert read_checkpoint(ck)["complete"]
+    third = Trainer(digits_store, tiny_train_cfg(epochs=1), checkpoint_path=ck)
+    assert third.resume_source("auto") is None  # finished: a rerun trains afresh
+
+
+def test_unreadable_checkpoint_at_the_automatic_path_trains_afresh(digits_store, tmp_path, caplog):
+    ck = tmp_path / "ck.pt"
+    ck.write_bytes(b"cut short")
+    t = Trainer(digits_store, tiny_train_cfg(epochs=1), checkpoint_path=ck)
+    assert t.resume_source("auto") is None
+    r = t.fit(resume="auto")
+    assert r.metrics["steps"] > 0 and read_checkpoint(ck)["complete"]
+    assert sum("training afresh, not resuming" in m for m in caplog.messages) == 1
