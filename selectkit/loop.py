@@ -41,6 +41,8 @@ class SelectiveLoader:
             gate needs ``labels`` and ``features``).
         seed: seeds the order, and every method's draws.
         prefetch: batches loaded ahead in a background thread (0: in your loop's thread).
+        epochs: the epochs you plan to run (methods with a warm-up or an annealing phase, such as
+            InfoBatch's ``delta``, count against it).
         device: where your model lives (default: its parameters' device).
         rank, world_size: this process's shard (default: one process).
 
@@ -52,7 +54,7 @@ class SelectiveLoader:
     def __init__(self, dataset, *, batch_size: int, methods: Optional[Dict[str, Any]] = None, model=None,
                  subset=None, labels=None, num_classes: Optional[int] = None, features=None,
                  loss_fn: Optional[Callable] = None, collate: Optional[Callable] = None, seed: int = 0,
-                 prefetch: int = 2, device=None, rank: int = 0, world_size: int = 1):
+                 prefetch: int = 2, device=None, rank: int = 0, world_size: int = 1, epochs: int = 1):
         self.task = DatasetTask(dataset, labels=labels, num_classes=num_classes, features=features, loss_fn=loss_fn,
                                 collate=collate)
         stack = stack_of(parse_stack(methods or {}, "methods"))
@@ -64,7 +66,8 @@ class SelectiveLoader:
             raise ValueError("Selective-Backprop scores candidates with your model: pass model=")
         ids = subset if isinstance(subset, np.ndarray) or subset is None else Path(subset)
         self.graph = build_input_graph(self.task, stack, candidate_ids(self.task, ids), batch_size=batch_size,
-                                       seed=seed, model=handle, prefetch=prefetch, rank=rank, world_size=world_size)
+                                       seed=seed, model=handle, prefetch=prefetch, rank=rank, world_size=world_size,
+                                       epochs=epochs)
         self._step = 0
 
     def __iter__(self):

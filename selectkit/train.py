@@ -274,7 +274,9 @@ class Trainer:
             out = self.task.forward(self.model, x)
         losses = self.task.losses(out, y)
         weight = batch.get("weight")  # a "weight"-slot method's per-example loss weights
-        loss = losses.mean() if weight is None else (losses * weight.to(self.device, non_blocking=True)).mean()
+        if weight is not None:  # numpy from a node before loading, or a tensor
+            weight = torch.as_tensor(weight, dtype=losses.dtype).to(self.device, non_blocking=True)
+        loss = losses.mean() if weight is None else (losses * weight).mean()
         self.clock.lap("forward")
         check_now = self.device.type == "cpu" or self.p.step % max(self.cfg.log_every, 1) == 0
         if check_now and not torch.isfinite(loss):  # on CUDA only at log steps: this is a sync point

@@ -141,3 +141,16 @@ def test_counters_and_state_before_iterating_start_nothing_and_keep_a_loaded_sta
     c.close()
     with pytest.raises(ValueError, match="saved before the first epoch started"):
         c.load_state_dict(fresh)
+
+
+def test_infobatch_in_a_plain_loop_hands_out_weights():
+    """The pruning node works in a user's loop: the second epoch prunes some well-learned ids
+    and every batch carries a weight the user multiplies into the loss."""
+    model = _model()
+    loader = SelectiveLoader(Data(), batch_size=16, methods={"infobatch": {"prune_ratio": 0.5, "delta": 1.0}},
+                             model=model, prefetch=0, epochs=2)
+    first, second = _run(loader, model), _run(loader, model)
+    assert sum(map(len, first)) == 200 and sum(map(len, second)) < 200
+    batch = next(iter(loader))
+    assert set(np.unique(np.asarray(batch["weight"]))) <= {1.0, 2.0}
+    loader.close()

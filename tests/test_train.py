@@ -62,6 +62,7 @@ def _stacks():
             stacks[m.name] = {m.name: dict(m.example)}
     stacks["stale-sb"] = {"sb": {**METHODS["sb"].example, "staleness": 2, "warmup_epochs": 1}}
     stacks["autoassist+sb"] = {"autoassist": dict(METHODS["autoassist"].example), "sb": dict(METHODS["sb"].example)}
+    stacks["infobatch+sb"] = {"infobatch": dict(METHODS["infobatch"].example), "sb": dict(METHODS["sb"].example)}
     return stacks
 
 
@@ -131,7 +132,7 @@ def test_counters_across_a_resume_with_a_prefetcher(digits_store, tmp_path, name
     r = Trainer(digits_store, cfg, checkpoint_path=tmp_path / "ck.pt").fit(resume="auto")
     c, stack = r.metrics["counters"], cfg.stack
     first, last = stack[0][0], stack[-1][0]
-    warm = stack[0][1].warmup_epochs
+    warm = getattr(stack[0][1], "warmup_epochs", 0)
     assert c[first.offered] == (cfg.epochs - warm) * n
     assert c[last.passed] == r.metrics["examples_backpropagated"] - (warm * n if len(stack) == 1 else 0)
     for (m, _), (nxt, _) in zip(stack, stack[1:]):
