@@ -19,7 +19,7 @@ quickstart: env
 pipeline: env data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-# Traditional vs Selective-Backprop vs Stale-SB on Fashion-MNIST (3 seeds each, about 8 minutes).
+# Traditional, SB, Stale-SB, AutoAssist (three ways) and InfoBatch on Fashion-MNIST (3 seeds each, about 18 minutes).
 online: env data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro pipelines/online-fashion-mnist/dvc.yaml
 
