@@ -189,9 +189,7 @@ def test_failures_under_dvc_repro_lose_nothing(repo):
 
     (d / "params.yaml").write_text(good)
     env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
-    t0 = time.monotonic()
     r = sh(d, "dvc", "repro", "--force", "--single-item", "train@0", check=False, env=env)
-    assert time.monotonic() - t0 < 60
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "MLFLOW_TRACKING_URI" in out and "Traceback" not in out, out
     assert not (run / "metrics.json").exists()  # DVC deleted the outputs before running the stage

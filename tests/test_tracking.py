@@ -81,7 +81,6 @@ def test_tracking_uri_from_params_wins(tmp_path, monkeypatch):
 import logging
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from selectkit.preflight import HTTP_DEFAULTS, bound_http_stalls, check_tracking
@@ -94,17 +93,31 @@ def _closed_port():
         return s.getsockname()[1]
 
 
+def _spy_http(monkeypatch):
+    """Record (max_retries, timeout) of every HTTP request the probe makes."""
+    import mlflow.utils.rest_utils as rest
+
+    calls, real = [], rest.http_request
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("max_retries"), kwargs.get("timeout")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rest, "http_request", spy)
+    return calls
+
+
 def test_unreachable_server_fails_fast_naming_uri_origin_and_fix(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     uri = f"http://127.0.0.1:{_closed_port()}"
     tracker = Tracker(TrackingConfig(uri=uri), stage="train")
     body_ran = False
-    t0 = time.perf_counter()
+    calls = _spy_http(monkeypatch)
     with pytest.raises(ConfigError) as e:
         with tracker.run({"a": 1}):
             body_ran = True
-    assert time.perf_counter() - t0 < 15
+    assert calls == [(0, 5.0)]  # one request, no retries, a 5 s timeout: seconds, not MLflow's minutes
     assert not body_ran and tracker.run_id is None
     msg = str(e.value)
     assert "tracking.uri" in msg and "MLFLOW_TRACKING_URI" in msg
@@ -116,10 +129,10 @@ def test_unreachable_server_from_environment_names_the_variable(monkeypatch, tmp
     uri = f"http://127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    t0 = time.perf_counter()
+    calls = _spy_http(monkeypatch)
     with pytest.raises(ConfigError, match="from the MLFLOW_TRACKING_URI environment variable") as e:
         check_tracking(TrackingConfig(), timeout=2)
-    assert time.perf_counter() - t0 < 15
+    assert calls == [(0, 2)]
     assert "tracking.uri" in str(e.value) and f"unset it to use the default local store sqlite:///{tmp_path}" in str(e.value)
     # params' tracking.uri wins over the variable: removing it falls back to the variable
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -169,15 +182,15 @@ def test_check_accepts_an_mlflow_server_and_explains_other_answers():
             check_tracking(TrackingConfig(uri=uri))
 
 
-def test_check_times_out_on_a_server_that_never_answers():
+def test_check_times_out_on_a_server_that_never_answers(monkeypatch):
     with socket.socket() as s:  # listens (the kernel completes the handshake) but never answers
         s.bind(("127.0.0.1", 0))
         s.listen(8)
         uri = f"http://127.0.0.1:{s.getsockname()[1]}"
-        t0 = time.perf_counter()
+        calls = _spy_http(monkeypatch)
         with pytest.raises(ConfigError, match="not reachable.*0.5 s timeout"):
             check_tracking(TrackingConfig(uri=uri), timeout=0.5)
-        assert time.perf_counter() - t0 < 5
+        assert calls == [(0, 0.5)]  # one request, no retry
 
 
 def test_sqlite_store_needs_an_existing_directory(tmp_path):
