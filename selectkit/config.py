@@ -44,10 +44,16 @@ class DataConfig:
     split_seed: int = 0
     # Class names; None takes them from the source, or "0".."K-1".
     class_names: Optional[List[str]] = None
+    # Fraction of the train split held out (seeded by split_seed, stratified by class) and never
+    # trained on by default: RHO-LOSS trains its irreducible-loss model there (input.split:
+    # holdout). 0 holds nothing out. Recorded in the store's metadata and fingerprint.
+    holdout_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("data.source", self.source, SOURCES)
         _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "0 < x < 1")
+        _check(0.0 <= self.holdout_fraction < 1.0, "data.holdout_fraction", self.holdout_fraction,
+               "0 <= x < 1 (0 holds nothing out)")
         if self.image_size is not None:
             _check(self.image_size >= 4, "data.image_size", self.image_size, ">= 4 pixels, or null")
         if self.source in ("idx", "imagefolder", "npz"):
@@ -73,6 +79,9 @@ class InputConfig:
     prefetch: int = 2
     # A .npy file of train example ids to restrict the sampler to (e.g. an SVP subset).
     subset: Optional[str] = None
+    # Which ids training draws from: train = the train split minus the store's holdout
+    # (data.holdout_fraction); holdout = the holdout only (RHO-LOSS's irreducible-loss model).
+    split: str = "train"
     # Drop the last incomplete batch of each epoch.
     drop_last: bool = False
 
@@ -80,6 +89,10 @@ class InputConfig:
         _check(self.batch_size >= 1, "input.batch_size", self.batch_size, ">= 1")
         _choice("input.augment", self.augment, ["none", "flip", "crop_flip"])
         _check(self.prefetch >= 0, "input.prefetch", self.prefetch, ">= 0")
+        _choice("input.split", self.split, ["train", "holdout"])
+        if self.split == "holdout":
+            _check(self.subset is None, "input.subset", self.subset,
+                   "null with input.split: holdout (the holdout is the whole candidate set)")
 
 
 @dataclass

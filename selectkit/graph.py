@@ -30,6 +30,7 @@ from selectkit.methods import MethodStack
 from selectkit.methods.base import MethodContext
 from selectkit.nodes.filter import COUNTERS_KEY
 from selectkit.nodes.sampler import IdBatchSampler
+from selectkit.validation import UsageError
 
 
 def collect_counters(state: Any) -> Dict[str, float]:
@@ -140,18 +141,31 @@ class InputGraph:
                 stop()
 
 
-def candidate_ids(task, subset: Optional[str | Path | np.ndarray]) -> np.ndarray:
-    """All train ids, or those of a subset: an SVP subset directory (ids.npy + subset.json,
-    checked against the task's store fingerprint), a bare .npy of unique train ids, or an array.
+def candidate_ids(task, subset: Optional[str | Path | np.ndarray], split: str = "train") -> np.ndarray:
+    """The ids training draws from: the train split minus the store's holdout, or those of a
+    subset (an SVP subset directory: ids.npy + subset.json, checked against the task's store
+    fingerprint; a bare .npy of unique train ids; an array), or with ``split="holdout"`` the
+    holdout itself (RHO-LOSS's irreducible-loss model trains there).
 
     Raises:
         FileNotFoundError: the subset file is missing.
         ValueError: ids out of range, duplicated, empty or not integers; a subset directory
-            selected from another store.
+            selected from another store; a subset that overlaps the holdout (names the ids);
+            ``split="holdout"`` on a store without one.
     """
     n = len(task)
+    holdout = task.holdout_ids()
+    if split == "holdout":
+        if subset is not None:
+            raise UsageError("input.split: holdout trains on the whole holdout: set input.subset to null")
+        if not len(holdout):
+            raise UsageError("input.split: holdout, but the store holds nothing out: set data.holdout_fraction "
+                             "(e.g. 0.1) and rerun the prepare stage")
+        return holdout.astype(np.int64)
+    if split != "train":
+        raise UsageError(f"split={split!r} should be 'train' or 'holdout'")
     if subset is None:
-        return np.arange(n, dtype=np.int64)
+        return np.setdiff1d(np.arange(n, dtype=np.int64), holdout) if len(holdout) else np.arange(n, dtype=np.int64)
     if isinstance(subset, np.ndarray):
         ids, p = subset, "subset"
     else:
@@ -165,16 +179,21 @@ def candidate_ids(task, subset: Optional[str | Path | np.ndarray]) -> np.ndarray
         else:
             raise FileNotFoundError(f"input.subset={str(subset)!r} not found: run the stage that writes it")
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"subset {p} must be a non-empty 1-D integer array of example ids, got "
+        raise UsageError(f"subset {p} must be a non-empty 1-D integer array of example ids, got "
                          f"{ids.dtype} {ids.shape}")
     bad = ids[(ids < 0) | (ids >= n)]
     if bad.size:
-        raise ValueError(f"subset {p} holds ids {bad[:10].tolist()} outside the store's train split "
+        raise UsageError(f"subset {p} holds ids {bad[:10].tolist()} outside the store's train split "
                          f"[0, {n}): it was made from another store; rerun the stage that wrote it")
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"subset {p} repeats ids {uniq[counts > 1][:10].tolist()}: a subset lists each "
+        raise UsageError(f"subset {p} repeats ids {uniq[counts > 1][:10].tolist()}: a subset lists each "
                          f"example once; rerun the stage that wrote it")
+    overlap = np.intersect1d(uniq, holdout)
+    if overlap.size:
+        raise UsageError(f"subset {p} holds {overlap.size} ids of the store's holdout (e.g. {overlap[:10].tolist()}), "
+                         f"which training must never see: choose the subset from the train split minus the "
+                         f"holdout (the choose stage does), or prepare the store without data.holdout_fraction")
     return ids.astype(np.int64)
 
 

@@ -91,7 +91,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.handle = ModelHandle(self.model, self.task, self.device, self.autocast)
         self.graph = build_input_graph(
-            self.task, cfg.stack, ids if ids is not None else candidate_ids(self.task, cfg.input.subset),
+            self.task, cfg.stack, ids if ids is not None else candidate_ids(self.task, cfg.input.subset, cfg.input.split),
             batch_size=cfg.input.batch_size, seed=cfg.seed, model=self.handle, augment=cfg.input.augment,
             prefetch=cfg.input.prefetch, pin_memory=self.device.type == "cuda", drop_last=cfg.input.drop_last,
             epochs=cfg.epochs, rank=dist.rank(), world_size=dist.world_size())
@@ -391,10 +391,13 @@ class Trainer:
                 self.p.epoch += 1
 
     def _full_epochs_examples(self) -> float:
-        """The examples Traditional training on the whole train split would backpropagate in the
-        epochs (or the fraction of them) this run covered."""
+        """The examples Traditional training on the whole train split (less the store's holdout;
+        or the whole holdout, for a run on it) would backpropagate in the epochs (or the fraction
+        of them) this run covered."""
         epochs = self.cfg.epochs if self.cfg.budget_s is None else min(self.cfg.epochs, self._epochs_done)
-        return len(self.task) * epochs
+        held = len(self.task.holdout_ids())
+        pool = held if self.cfg.input.split == "holdout" else len(self.task) - held
+        return pool * epochs
 
     def _summary(self) -> Dict[str, Any]:
         last = self.p.history[-1]
@@ -416,7 +419,16 @@ class Trainer:
             "model": self.model_sig, "task": self.task.name, "spec": self.task.spec_dict(),
             "num_classes": self.task.num_classes, "batch_size": self.cfg.input.batch_size,
             "channels_last": self.cfg.channels_last, "selection": selection,
+            # seconds of cached upstream stages this run consumed (SVP proxies, an irreducible-loss
+            # model): the report adds them end to end
+            "upstream_s": round(self._upstream_s(), 3),
         }
+
+    def _upstream_s(self) -> float:
+        from selectkit.methods.svp.artifacts import subset_upstream_s
+
+        subset = self.cfg.input.subset
+        return (subset_upstream_s(subset) if subset else 0.0) + sum(m.upstream_s(c) for m, c in self.cfg.stack)
 
 
 HEADLINE = ("final_test_error", "train_s", "examples_backpropagated", "kept_fraction", "epochs")

@@ -6,7 +6,8 @@ this stage's marker file, and this stage depends on the whole params file, the s
 code: on any change of these it runs first and, for each stage of the pipeline (matrix items
 expanded by DVC itself), parses the stage's command line with the stage script's own parser
 and calls its ``validate``: params sections, paths, patterns and writable outputs, no work.
-It then checks the tracking server is reachable. Every problem is printed, grouped by the
+It also resolves every params key a stage declares (DVC would stop at that stage, after the
+stages before it ran), then checks the tracking server is reachable. Every problem is printed, grouped by the
 stages it affects; nothing is deleted or written unless all pass. The marker's content never
 changes, so a rerun of this stage alone reruns nothing downstream.
 
@@ -47,6 +48,54 @@ def pipeline_commands(dvcfile: Path) -> List[Tuple[str, str, Path]]:
         return [(s.addressing.split(":")[-1], s.cmd, Path(s.wdir)) for s in stages if getattr(s, "cmd", None)]
     finally:
         repo.close()
+
+
+def missing_params(dvcfile: Path) -> List[Tuple[str, str]]:
+    """(stage name, problem) for every params key a stage of ``dvcfile`` declares that its
+    params file lacks (DVC reads each dot as a level of nesting)."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    from selectkit.validation import load_params
+
+    dvcfile = dvcfile.resolve()
+    repo = Repo(str(dvcfile.parent))
+    out: List[Tuple[str, str]] = []
+    loaded: Dict[str, object] = {}
+    try:
+        for stage in repo.stage.load_file(str(dvcfile)):
+            for dep in stage.deps:
+                if not isinstance(dep, ParamsDependency) or not Path(dep.fs_path).is_file():
+                    continue
+                params = loaded.setdefault(dep.fs_path, load_params(dep.fs_path))
+                for key in dep.params or []:
+                    node = params
+                    for part in key.split("."):
+                        node = node.get(part) if isinstance(node, dict) else None
+                    if node is None and not _has_key(params, key):
+                        hint = (" (DVC reads each dot as a level of nesting, so a name holding a dot, such as "
+                                "'svp-0.5', cannot be a params key: rename it)"
+                                if any("." in k for k in _keys(params)) else "")
+                        out.append((stage.addressing.split(":")[-1],
+                                    f"params key {key!r} is not in {dep.def_path}{hint}"))
+    finally:
+        repo.close()
+    return out
+
+
+def _keys(params):
+    for k, v in (params.items() if isinstance(params, dict) else ()):
+        yield str(k)
+        yield from _keys(v)
+
+
+def _has_key(params, key: str) -> bool:
+    """Whether the dotted ``key`` names an entry (one holding null included)."""
+    node = params
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return isinstance(node, dict) and parts[-1] in node
 
 
 def _stage_module(script: Path):
@@ -112,6 +161,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             unchecked.append(name)
         elif problem is not None:
             problems.setdefault(problem, []).append(name)
+    for name, problem in missing_params(dvcfile):
+        problems.setdefault(problem, []).append(name)
     try:
         check_tracking(load_section(args.params, "tracking", TrackingConfig))
     except (ConfigError, UsageError) as e:

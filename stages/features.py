@@ -1,5 +1,6 @@
-"""DVC stage `features` (AutoAssist): the task's cheap per-example features of the store's train
-split, computed once and read memory-mapped by the gate (``train.methods.autoassist.features``)."""
+"""DVC stage `features` (AutoAssist): cheap per-example features of the store's train split,
+computed once and read memory-mapped by the gate (``train.methods.autoassist.features``): the
+task's own (pooled pixels), or with --from-scores a proxy's cached penultimate embeddings."""
 
 import argparse
 import time
@@ -16,6 +17,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--store", required=True)
     ap.add_argument("--out", required=True, help="features directory to write")
     ap.add_argument("--downsample", type=int, default=2, help="average-pooling factor of the pixels")
+    ap.add_argument("--from-scores", default=None, metavar="DIR",
+                    help="use the embeddings in this scores directory (stages/score.py with score.embeddings: true)")
+    ap.add_argument("--components", type=int, default=64,
+                    help="with --from-scores: principal components kept (0 keeps every embedding column)")
+    ap.add_argument("--no-uncertainty", action="store_true",
+                    help="with --from-scores: the embeddings only, without the proxy's uncertainty scores first")
     return ap
 
 
@@ -25,6 +32,8 @@ def validate(args: argparse.Namespace) -> TrackingConfig:
 
     if args.downsample < 1:
         raise UsageError(f"--downsample {args.downsample} must be >= 1 (1 keeps every pixel)")
+    if args.components < 0:
+        raise UsageError(f"--components {args.components} must be >= 1, or 0 to keep every embedding column")
     check_writable(args.out, "--out", "pass a features directory you can write")
     return load_section(args.params, "tracking", TrackingConfig)
 
@@ -39,12 +48,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     tracking = validate(args)
     store = Store(args.store)
     task = task_for(store)
-    with Tracker(tracking, stage="features").run({"features": {"task": task.name,
-                                                               "downsample": args.downsample}}) as t:
+    with Tracker(tracking, stage="features").run({"features": {"task": task.name, "downsample": args.downsample,
+                                                               "from_scores": args.from_scores}}) as t:
         t0 = time.perf_counter()
-        feats = task.features(downsample=args.downsample)
-        write_features(args.out, feats, {"store_fingerprint": store.fingerprint, "kind": f"{task.name} features",
-                                         "downsample": args.downsample})
+        if args.from_scores:
+            from selectkit.methods.autoassist.features import embedding_features
+
+            feats, meta = embedding_features(args.from_scores, task, args.components or None,
+                                             uncertainty=not args.no_uncertainty)
+        else:
+            feats = task.features(downsample=args.downsample)
+            meta = {"kind": f"{task.name} features", "downsample": args.downsample}
+        # this stage's seconds, beside any proxy's: what a run on these features cost upstream
+        write_features(args.out, feats, {"store_fingerprint": store.fingerprint, **meta,
+                                         "features_s": time.perf_counter() - t0})
         t.finish({"features_s": time.perf_counter() - t0, "rows": feats.shape[0], "dim": feats.shape[1]})
 
 

@@ -49,6 +49,25 @@ def make_npz(tmp_path):
     return _make
 
 
+_EXAMPLES_DIR = []
+
+
+def example_params(name, task, params=None):
+    """A registered method's example params for ``task``, with any artifact its runs read (e.g.
+    RHO-LOSS's irreducible losses) written once per session through its ``make_example``."""
+    import tempfile
+
+    from selectkit.methods import METHODS
+
+    m = METHODS[name]
+    base = dict(m.example, **(params or {}))
+    if m.make_example is None:
+        return base
+    if not _EXAMPLES_DIR:
+        _EXAMPLES_DIR.append(tempfile.mkdtemp(prefix="selectkit-examples-"))
+    return {**m.make_example(task, _EXAMPLES_DIR[0]), **(params or {})}
+
+
 def tiny_train_cfg(**overrides):
     """A TrainConfig that trains a small CNN on digits in well under a second."""
     from selectkit.config import train_config

@@ -29,7 +29,7 @@ def test_wrong_type_names_key_and_value():
     ({"optimizer": "lbfgs"}, r"train.optimizer='lbfgs'.*one of \['sgd', 'adam'\]"),
     ({"milestones": [0.5, 1.5]}, r"train.milestones"),
     ({"epochs": 0}, r"train.epochs=0.*>= 1"),
-    ({"methods": {"magic": {}}}, r"not a registered method: registered are \['autoassist', 'infobatch', 'sb', 'svp'\]"),
+    ({"methods": {"magic": {}}}, r"not a registered method: registered are \['autoassist', 'infobatch', 'rholoss', 'sb', 'svp'\]"),
     ({"methods": {"sb": {"beta": 0}}}, r"train.methods.sb.beta=0"),
     ({"methods": {"sb": {"max_lambda": 0.5}}}, r"train.methods.sb.max_lambda.*of \['autoassist'\]: move it to "
                                                 r"train.methods.autoassist.max_lambda"),

@@ -15,6 +15,7 @@ from selectkit.models import make_model
 from selectkit.config import ModelConfig
 from selectkit.tasks import task_for
 
+from conftest import example_params
 from resume_harness import check_graph_resume, graph_epoch
 
 ONLINE = sorted(n for n, m in METHODS.items() if m.slot != "stages")
@@ -31,7 +32,7 @@ def live(digits_store):
 
 def _graph(live, name, seed=0, ids=None, params=None):
     task, handle = live
-    stack = stack_of(parse_stack({name: dict(METHODS[name].example, **(params or {}))}))
+    stack = stack_of(parse_stack({name: example_params(name, task, params)}))
     ids = np.arange(0, len(task), 2) if ids is None else ids  # a subset: ids need not start at 0
     return build_input_graph(task, stack, ids, batch_size=32, seed=seed, model=handle, prefetch=0)
 

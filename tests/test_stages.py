@@ -135,3 +135,19 @@ def test_check_validates_each_stage_command_with_its_own_parser(tmp_path, params
     assert check.check_command("bash -c 'echo hi'", tmp_path, modules) == check.NOT_CHECKED
     assert "not found" in check.check_command("python nowhere/stage.py --x 1", tmp_path, modules)
     assert not (tmp_path / "runs").exists() and not (tmp_path / ".selectkit").exists()  # nothing written
+
+
+def test_check_resolves_every_params_key_a_stage_declares(tmp_path):
+    """DVC itself stops at a stage whose params key is missing, after the stages before it ran
+    (and deleted their outputs): check finds it first, with the dot-in-a-name hint."""
+    check = _check_module()
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("train: {lr: 0.1}\nmethod:\n  svp-0.5: {label: svp}\n  ok: {}\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  good:\n    cmd: echo good\n    params: [train, method.ok, train.lr]\n"
+        "  bad:\n    cmd: echo bad\n    params: [train, method.svp-0.5]\n")
+    assert check.missing_params(tmp_path / "dvc.yaml") == [
+        ("bad", "params key 'method.svp-0.5' is not in params.yaml (DVC reads each dot as a level of nesting, "
+                "so a name holding a dot, such as 'svp-0.5', cannot be a params key: rename it)")]

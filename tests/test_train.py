@@ -10,7 +10,7 @@ from selectkit.methods import METHODS
 from selectkit.optim import lr_at
 from selectkit.train import Trainer
 
-from conftest import FMNIST_DIR, tiny_train_cfg
+from conftest import FMNIST_DIR, example_params, tiny_train_cfg
 
 
 def test_lr_schedules():
@@ -69,8 +69,14 @@ def _stacks():
 STACKS = _stacks()
 
 
-def _cfg(name, prefetch=None, **over):
-    stack = STACKS[name]
+def _cfg(store, name, prefetch=None, **over):
+    from selectkit.tasks import task_for
+
+    def params(n, p):  # a method reading an artifact: its example's, with this stack's changes on top
+        changed = {k: v for k, v in p.items() if METHODS[n].example.get(k) != v}
+        return example_params(n, task_for(store), changed) if METHODS[n].make_example else p
+
+    stack = {n: params(n, p) for n, p in STACKS[name].items()}
     # a method before loading reads its live state from the prefetch thread, which runs ahead of
     # the trainer by a timing-dependent amount: bit-exact comparisons load in the training thread
     before_load = any(METHODS[n].slot == "ids" for n in stack)
@@ -85,7 +91,7 @@ def _listen(trainer, recorder):
 @pytest.mark.parametrize("name, where", [(n, w) for n in sorted(STACKS) for w in (0.1, 0.5, 0.9)]
                          + [("traditional", 23)])  # step 23 ends epoch 1 (23 batches of 64)
 def test_resume_mid_epoch_is_equivalent(digits_store, tmp_path, name, where):
-    cfg = _cfg(name)
+    cfg = _cfg(digits_store, name)
     ref = Trainer(digits_store, cfg)
     rec = _Recorder()
     _listen(ref, rec)
@@ -123,7 +129,7 @@ def test_counters_across_a_resume_with_a_prefetcher(digits_store, tmp_path, name
     """With a prefetch thread (which runs ahead of the trainer), counters saved in a checkpoint
     count only what the trainer consumed: after a resume every candidate was offered to each
     method exactly once per epoch, and what the last method passed is what was trained."""
-    cfg = _cfg(name, prefetch=2, eval_every=0)
+    cfg = _cfg(digits_store, name, prefetch=2, eval_every=0)
     n = len(digits_store.train)
     t1 = Trainer(digits_store, cfg, checkpoint_path=tmp_path / "ck.pt")
     _listen(t1, _Recorder(t1, 7))  # mid-epoch 0

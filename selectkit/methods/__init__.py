@@ -98,10 +98,11 @@ def stack_of(methods: Dict[str, Any]) -> MethodStack:
 # ---------------------------------------------------------------- the registry: one line each
 from selectkit.methods.autoassist import METHOD as _autoassist  # noqa: E402
 from selectkit.methods.infobatch import METHOD as _infobatch  # noqa: E402
+from selectkit.methods.rholoss import METHOD as _rholoss  # noqa: E402
 from selectkit.methods.sb import METHOD as _sb  # noqa: E402
 from selectkit.methods.svp import METHOD as _svp  # noqa: E402
 
-for _m in (_autoassist, _infobatch, _sb, _svp):
+for _m in (_autoassist, _infobatch, _rholoss, _sb, _svp):
     register(_m)
 
 __all__ = ["METHODS", "Method", "MethodContext", "MethodStack", "ReportSection", "SLOTS", "get", "parse_stack",

@@ -87,6 +87,10 @@ def _no_selection(cfg: Any) -> Optional[Dict[str, Any]]:
     return None
 
 
+def _no_upstream(cfg: Any) -> float:
+    return 0.0
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered selection method.
@@ -106,8 +110,14 @@ class Method:
             (the shared tests check them against what the trainer saw, across resumes).
         selection: ``cfg -> {batch_size, mode, precision}`` of its selection forwards, for
             modelled costs; None when it runs none.
+        upstream_s: ``cfg -> seconds`` of the cached upstream stages a run with this config
+            consumes (e.g. an irreducible-loss model's training and scoring), which the report
+            adds to the run's training time end to end; 0 for methods that need none.
         report: its ReportSection, if it adds figures to the report.
         example: small, deterministic params used by the docs and the registry-driven tests.
+        make_example: ``(task, directory) -> params`` for methods whose runs read an artifact:
+            writes a tiny one for ``task`` under ``directory`` and returns ``example`` pointing
+            at it (the registry-driven tests build every method through it).
     """
 
     name: str
@@ -123,8 +133,10 @@ class Method:
     offered: str = ""
     passed: str = ""
     selection: Callable[[Any], Optional[Dict[str, Any]]] = _no_selection
+    upstream_s: Callable[[Any], float] = _no_upstream
     report: Optional[ReportSection] = None
     example: Dict[str, Any] = field(default_factory=dict)
+    make_example: Optional[Callable[[Any, Any], Dict[str, Any]]] = None
 
     def __post_init__(self) -> None:
         if self.slot not in SLOTS:

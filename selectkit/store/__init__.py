@@ -7,6 +7,7 @@ Layout of a store directory::
     train_y.npy       int64 [N]
     test_x.npy        uint8 [M, C, H, W]
     test_y.npy        int64 [M]
+    holdout_ids.npy   int64 [H], sorted train ids held out (only when data.holdout_fraction > 0)
 
 Arrays are opened memory-mapped, so a store of any size costs only the pages touched.
 """
@@ -79,22 +80,56 @@ def _validate(src: Source) -> None:
         raise ValueError(f"train images are {src.train_x.shape[1:]} but test images {src.test_x.shape[1:]}")
 
 
-def write_store(src: Source, out: str | Path) -> Dict[str, Any]:
+def holdout_split(labels: np.ndarray, fraction: float, seed: int, class_names: List[str]) -> np.ndarray:
+    """Sorted train ids of a seeded, stratified holdout: ``round(fraction * n_c)`` examples of
+    every class ``c`` (its own draw per class, so one class's size never moves another's ids).
+
+    Raises:
+        ValueError: the fraction leaves a class with no holdout example or with no training
+            example left (names the class, its count and the fractions that would work).
+    """
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=len(class_names))
+    rng = np.random.default_rng([seed, 0x401D])
+    out = []
+    for c, n_c in enumerate(counts):
+        h = int(round(fraction * n_c))
+        if n_c and (h == 0 or h == n_c):
+            where = "holdout" if h == 0 else "training"
+            lo, hi = 0.5 / n_c, 1 - 0.5 / n_c
+            raise ValueError(
+                f"data.holdout_fraction={fraction} leaves class {class_names[c]!r} ({n_c} train examples) with "
+                f"no {where} example: pick a fraction in [{lo:.4g}, {hi:.4g}) for this class, or 0 for no holdout")
+        ids = np.flatnonzero(labels == c)
+        out.append(ids[rng.permutation(n_c)[:h]])
+    return np.sort(np.concatenate(out)).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+def write_store(src: Source, out: str | Path, holdout_fraction: float = 0.0, holdout_seed: int = 0) -> Dict[str, Any]:
     """Write a source as a store, atomically: a crash leaves any previous store untouched.
+
+    With ``holdout_fraction`` > 0 a stratified, seeded share of the train split is held out
+    (``holdout_ids.npy``, see ``holdout_split``): training draws from the rest by default.
 
     Returns:
         The store's metadata (also written to ``meta.json``).
     """
     _validate(src)
+    holdout = (holdout_split(src.train_y, holdout_fraction, holdout_seed, list(src.class_names))
+               if holdout_fraction > 0 else None)
     out = Path(out)
     tmp = fresh_dir(out)
     arrays = {"train_x": src.train_x, "train_y": src.train_y, "test_x": src.test_x, "test_y": src.test_y}
     for name, a in arrays.items():
         np.save(tmp / f"{name}.npy", np.ascontiguousarray(a))
+    hashed = dict(arrays)
+    if holdout is not None:  # the fingerprint covers the holdout: artifacts of another split fail
+        np.save(tmp / "holdout_ids.npy", holdout)
+        hashed["holdout_ids"] = holdout
     mean, std = _channel_stats(src.train_x)
     meta = {
         "format_version": FORMAT_VERSION,
-        "fingerprint": fingerprint_arrays(arrays, list(src.class_names)),
+        "fingerprint": fingerprint_arrays(hashed, list(src.class_names)),
         "source": src.description,
         "class_names": list(src.class_names),
         "num_classes": len(src.class_names),
@@ -107,6 +142,9 @@ def write_store(src: Source, out: str | Path) -> Dict[str, Any]:
                        "class_counts": np.bincount(arrays[f"{s}_y"], minlength=len(src.class_names)).tolist()}
                    for s in SPLITS},
     }
+    if holdout is not None:
+        meta["holdout"] = {"fraction": holdout_fraction, "seed": holdout_seed, "size": int(len(holdout)),
+                           "class_counts": np.bincount(src.train_y[holdout], minlength=len(src.class_names)).tolist()}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     replace_dir(tmp, out)
     log.info("wrote store %s (fingerprint %s)", out, meta["fingerprint"])
@@ -153,6 +191,21 @@ class Store:
                                      f"{want['dtype']} {want['shape']}: the store is corrupt; rerun prepare")
                 arrays.append(a)
             self.splits[s] = Split(*arrays)
+        self._holdout: np.ndarray = np.zeros(0, dtype=np.int64)
+        if "holdout" in self.meta:
+            p = self.root / "holdout_ids.npy"
+            if not p.is_file():
+                raise FileNotFoundError(f"store {self.root} lacks {p.name} (meta.json records a holdout): "
+                                        f"rerun the prepare stage")
+            self._holdout = np.load(p, allow_pickle=False)
+            if len(self._holdout) != self.meta["holdout"]["size"]:
+                raise ValueError(f"{p} holds {len(self._holdout)} ids but meta.json says "
+                                 f"{self.meta['holdout']['size']}: the store is corrupt; rerun prepare")
+
+    @property
+    def holdout_ids(self) -> np.ndarray:
+        """Sorted train ids held out from training (empty without ``data.holdout_fraction``)."""
+        return self._holdout
 
     @property
     def fingerprint(self) -> str:
@@ -177,6 +230,8 @@ class Store:
     def verify(self) -> None:
         """Recompute the content fingerprint (reads every byte once) and compare with meta.json."""
         arrays = {f"{s}_{p}": getattr(self.splits[s], p) for s in SPLITS for p in ("x", "y")}
+        if "holdout" in self.meta:
+            arrays["holdout_ids"] = self._holdout
         got = fingerprint_arrays(arrays, self.meta["class_names"])
         if got != self.fingerprint:
             raise ValueError(f"store {self.root} content fingerprint {got} != {self.fingerprint} in "
@@ -185,4 +240,4 @@ class Store:
 
 def prepare(cfg, out: str | Path) -> Dict[str, Any]:
     """Read the configured source and write it as a store (the `prepare` stage's work)."""
-    return write_store(read_source(cfg), out)
+    return write_store(read_source(cfg), out, cfg.holdout_fraction, cfg.split_seed)

@@ -42,6 +42,12 @@ class Task:
         """Number of train examples (ids run over [0, len))."""
         return len(self.labels)
 
+    def holdout_ids(self) -> np.ndarray:
+        """Sorted train ids held out from training (the store's ``data.holdout_fraction``;
+        none for a task without a store)."""
+        store = getattr(self, "store", None)
+        return store.holdout_ids if store is not None else np.zeros(0, dtype=np.int64)
+
     # ---------------------------------------------------------------- loading
     def loader(self, augment: str = "none", seed: int = 0) -> Callable[[Batch], Batch]:
         """A stateless map function for ``torchdata.nodes.Mapper``: an item holding ``ids``

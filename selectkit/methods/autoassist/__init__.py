@@ -30,6 +30,12 @@ def build(node, ctx, cfg: AutoAssistConfig):
     return Rebatch(gate, ctx.candidate_batch_size)
 
 
+def _upstream_s(cfg: AutoAssistConfig) -> float:
+    from selectkit.methods.autoassist.features import upstream_seconds
+
+    return upstream_seconds(cfg.features)
+
+
 METHOD = Method(
     name="autoassist",
     slot="ids",
@@ -39,6 +45,7 @@ METHOD = Method(
     offered="aa/candidates",
     passed="aa/passed",
     counters=("aa/candidates", "aa/passed", "aa/tested", "aa/published"),
+    upstream_s=_upstream_s,
     report=ReportSection(summarise=summarise, markdown=markdown, plot=plot, plot_name="autoassist.png"),
     example={"worker": "inline", "lr": 0.5, "accuracy_ema": 0.5},
 )

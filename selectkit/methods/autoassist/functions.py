@@ -36,6 +36,19 @@ def ema(old: float, new: float, rate: float) -> float:
     return new if math.isnan(old) else (1.0 - rate) * old + rate * new
 
 
+def auc(scores: np.ndarray, z: np.ndarray) -> float:
+    """ROC AUC of ``scores`` ranking the rows with ``z = 1`` above those with ``z = 0`` (the
+    Mann-Whitney statistic, ties counted half); NaN when ``z`` holds one class only."""
+    z = np.asarray(z, dtype=bool)
+    pos, neg = int(z.sum()), int((~z).sum())
+    if pos == 0 or neg == 0:
+        return math.nan
+    from scipy.stats import rankdata  # scikit-learn's own dependency
+
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))  # ties get their average rank
+    return float((ranks[z].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
 def pass_probability(g: np.ndarray, lam: float) -> np.ndarray:
     """The gate's pass probability ``(1 - lambda) + lambda * g``."""
     return (1.0 - lam) + lam * np.asarray(g, dtype=np.float64)
@@ -82,6 +95,7 @@ class Assistant:
         self.lam = 0.0  # lambda_k: lambda_0 = 0, the gate starts by passing everything
         self.accuracy = math.nan  # last measured accuracy (before learning from that batch)
         self.positives = math.nan  # EMA of the share of z = 1 (what always answering 0 would miss)
+        self.auc = math.nan  # EMA of the ROC AUC of g against z per batch (before learning from it)
         self.updates = 0
         self.learnt = 0  # examples learnt from
 
@@ -105,6 +119,9 @@ class Assistant:
         if self.updates > 0:
             self.accuracy = acc
             self.lam = ema(self.lam, acc, self.accuracy_ema)
+            batch_auc = auc(g, z > 0.5)
+            if not math.isnan(batch_auc):
+                self.auc = ema(self.auc, batch_auc, self.accuracy_ema)
         n = len(losses)
         err = (g - z) / n
         grad = np.empty_like(self.w)
@@ -122,7 +139,8 @@ class Assistant:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
         return {"w": self.w.copy(), "b": self.b, "threshold": self.threshold, "lam": self.lam,
-                "accuracy": self.accuracy, "positives": self.positives, "updates": self.updates, "learnt": self.learnt,
+                "accuracy": self.accuracy, "positives": self.positives, "auc": self.auc, "updates": self.updates,
+                "learnt": self.learnt,
                 "dim": self.dim, "num_classes": self.num_classes}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -135,6 +153,7 @@ class Assistant:
         self.threshold, self.lam, self.accuracy = float(state["threshold"]), float(state["lam"]), float(state["accuracy"])
         self.updates, self.learnt = int(state["updates"]), int(state["learnt"])
         self.positives = float(state.get("positives", math.nan))
+        self.auc = float(state.get("auc", math.nan))
 
 
 def snapshot_predict(state: Dict[str, Any], features: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -251,7 +251,8 @@ class AssistantWorker:
 
 
 GATE_COUNTERS = ("aa/candidates", "aa/passed", "aa/tested", "aa/would_pass", "aa/gate_s", "aa/updates", "aa/update_s")
-ASSISTANT_FIGURES = ("aa/lambda", "aa/safeguard_rate", "aa/accuracy", "aa/positives", "aa/threshold", "aa/pass_rate")
+ASSISTANT_FIGURES = ("aa/lambda", "aa/safeguard_rate", "aa/accuracy", "aa/positives", "aa/auc", "aa/threshold",
+                     "aa/pass_rate")
 PUBLISH_COUNTERS = ("aa/published", "aa/dropped", "aa/publish_s", "aa/nan_losses")
 
 
@@ -261,7 +262,8 @@ def assistant_figures(snap: Optional[Dict[str, Any]], max_lambda: float) -> Dict
         return {}
     a = snap["assistant"]
     return {"aa/lambda": a["lam"], "aa/safeguard_rate": 1.0 - min(a["lam"], max_lambda),
-            "aa/accuracy": a["accuracy"], "aa/positives": a["positives"], "aa/threshold": a["threshold"],
+            "aa/accuracy": a["accuracy"], "aa/positives": a["positives"], "aa/auc": a.get("auc", float("nan")),
+            "aa/threshold": a["threshold"],
             "aa/updates": a["updates"], "aa/update_s": snap["update_s"]}
 
 

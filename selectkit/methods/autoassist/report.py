@@ -17,6 +17,9 @@ def summarise(runs: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
         "pass_rate": mean(c["aa/passed"] / c["aa/candidates"] for c in cs),
         "final_accuracy": mean(c["aa/accuracy"] for c in cs),
         "final_positives": mean(c.get("aa/positives", math.nan) for c in cs),
+        "final_auc": mean(c.get("aa/auc", math.nan) for c in cs),
+        "features": sorted({str(((r.get("methods") or {}).get("autoassist") or {}).get("features")
+                                 or "the task's, at start") for r in runs}),
         "final_safeguard_rate": mean(c["aa/safeguard_rate"] for c in cs),
         "published": mean(c["aa/published"] for c in cs),
         "dropped": mean(c["aa/dropped"] for c in cs),
@@ -29,14 +32,18 @@ def summarise(runs: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 
 def markdown(by_label: Dict[str, Dict[str, Any]]) -> str:
-    lines = ["", "AutoAssist (means over seeds; accuracy, share of z = 1 and safeguard rate at the end; "
-             "'publish' is the boss's own time handing losses over, 'gate' the gate's time in the "
-             "loader thread, both as shares of training wall-clock):", "",
-             "| method | pass rate | assistant accuracy | z = 1 share | safeguard rate | published | dropped "
-             "| assistant update s | publish | gate |", "|" + "---|" * 10]
+    lines = ["", "AutoAssist (means over seeds; accuracy, always-easy accuracy (1 - the share of z = 1: what "
+             "answering 'easy' every time scores), ROC AUC of g against z and safeguard rate are EMAs at the "
+             "end, each measured on a published batch before the assistant learns from it; 'publish' is the "
+             "boss's own time handing losses over, 'gate' the gate's time in the loader thread, both as shares "
+             "of training wall-clock):", "",
+             "| method | features | pass rate | assistant accuracy | always-easy accuracy | AUC | safeguard rate "
+             "| published | dropped | assistant update s | publish | gate |", "|" + "---|" * 12]
     for label, a in by_label.items():
-        lines.append(f"| {label} | {100 * a['pass_rate']:.1f} % | {100 * a['final_accuracy']:.1f} % | "
-                     f"{100 * a['final_positives']:.1f} % | {100 * a['final_safeguard_rate']:.1f} % | "
+        auc = "n/a" if a.get("final_auc") is None or a["final_auc"] != a["final_auc"] else f"{a['final_auc']:.3f}"
+        feats = ", ".join(a.get("features") or ["?"])
+        lines.append(f"| {label} | {feats} | {100 * a['pass_rate']:.1f} % | {100 * a['final_accuracy']:.1f} % | "
+                     f"{100 * (1 - a['final_positives']):.1f} % | {auc} | {100 * a['final_safeguard_rate']:.1f} % | "
                      f"{a['published']:.0f} | {a['dropped']:.0f} | {a['update_s']:.2f} | "
                      f"{100 * a['publish_share']:.2f} % | {100 * a['gate_share']:.2f} % |")
     return "\n".join(lines) + "\n"

@@ -37,16 +37,17 @@ def score_store(model: torch.nn.Module, task, device: torch.device, batch_size: 
         FloatingPointError: non-finite outputs, naming the example ids and ``source``.
     """
     model.eval()
-    probs, embs = [], []
+    probs, embs, losses = [], [], []
     hook = None
     if embeddings:
         hook = classifier(model).register_forward_pre_hook(
             lambda _m, inp: embs.append(inp[0].detach().float().flatten(1).cpu().numpy()))
     try:
         for b in task.train_batches(batch_size):
-            x, _ = task.to_device(b, device)
+            x, y = task.to_device(b, device)
             logits = task.forward(model, x).float()
             probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+            losses.append(task.losses(logits, y).float().cpu().numpy())  # the training loss, from logits
     finally:
         if hook is not None:
             hook.remove()
@@ -56,6 +57,13 @@ def score_store(model: torch.nn.Module, task, device: torch.device, batch_size: 
         raise FloatingPointError(f"{source} gives non-finite outputs for example ids {bad[:10].tolist()}: "
                                  f"retrain it (lower its lr) before scoring")
     scores = uncertainty(p, task.labels)
+    # the task's own loss from the logits: finite where a probability underflows to 0, and the
+    # same function training minimises (RHO-LOSS subtracts it from training losses)
+    scores["loss"] = np.concatenate(losses)
+    bad = np.flatnonzero(~np.isfinite(scores["loss"]))
+    if bad.size:
+        raise FloatingPointError(f"{source} gives non-finite losses for example ids {bad[:10].tolist()}: "
+                                 f"retrain it (lower its lr) before scoring")
     out = {"ids": np.arange(len(task), dtype=np.int64), **{k: v.astype(np.float32) for k, v in scores.items()}}
     if embeddings:
         out["embeddings"] = np.concatenate(embs).astype(np.float32)
@@ -127,6 +135,18 @@ def read_subset(path: str | Path, store: Store) -> Tuple[np.ndarray, Dict[str, A
     return ids, meta
 
 
+def subset_upstream_s(path: str | Path) -> float:
+    """Seconds an SVP subset cost upstream: its proxies' training plus scoring (0 for the random
+    baseline, which uses no proxy, and for a bare .npy of ids)."""
+    p = Path(path) / "subset.json"
+    if not p.is_file():
+        return 0.0
+    meta = json.loads(p.read_text())
+    if meta.get("rule") == "random":
+        return 0.0
+    return sum(float(q.get("proxy_train_s") or 0.0) + float(q.get("score_s") or 0.0) for q in meta.get("proxies", []))
+
+
 def choose_subset(cfg, store: Store, score_dirs) -> Tuple[np.ndarray, Dict[str, Any]]:
     """The subset's ids and provenance for a ChooseConfig, from the proxies' scores directories.
 
@@ -134,16 +154,20 @@ def choose_subset(cfg, store: Store, score_dirs) -> Tuple[np.ndarray, Dict[str, 
         ConfigError: a rule that does not fit the number of proxies.
         ValueError: scores of another store or size, NaN scores (see read_scores).
     """
-    labels = np.asarray(store.train.y)
-    n = len(labels)
+    all_labels = np.asarray(store.train.y)
+    n_all = len(all_labels)
+    # a subset is chosen from the train split minus the store's holdout (never trained on)
+    eligible = np.setdiff1d(np.arange(n_all, dtype=np.int64), store.holdout_ids)
+    labels = all_labels[eligible]
+    n = len(eligible)
     k = svpf.count(n, cfg.fraction, cfg.size)
     bal = labels if cfg.balance else None
     scores, provs = [], []
     for d in score_dirs:
         s, p = read_scores(d)
-        if len(s["ids"]) != n:
-            raise ValueError(f"{d} scores {len(s['ids'])} examples but the store has {n}: rerun its score stage")
-        scores.append(s[cfg.metric])
+        if len(s["ids"]) != n_all:
+            raise ValueError(f"{d} scores {len(s['ids'])} examples but the store has {n_all}: rerun its score stage")
+        scores.append(s[cfg.metric][eligible])
         provs.append(p)
     check_same_store(provs, store)
     if cfg.rule == "random":
@@ -159,5 +183,6 @@ def choose_subset(cfg, store: Store, score_dirs) -> Tuple[np.ndarray, Dict[str, 
         if cfg.balance:
             raise ConfigError("choose.balance is not supported with rule 'alternating'")
         ids = svpf.alternating(scores, k)
+    ids = eligible[np.asarray(ids, dtype=np.int64)]
     prov = {"store_fingerprint": store.fingerprint, "proxies": provs, **to_dict(cfg), "k": k}
     return ids, prov

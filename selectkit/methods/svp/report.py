@@ -44,28 +44,14 @@ def svp_analysis(proxy_dirs: Sequence[str], target_dir: Optional[str], subset_di
 
 
 def svp_markdown(analysis: Dict[str, Any], summary: Dict[str, Any]) -> str:
-    """Markdown for svp_analysis, with end-to-end times (selection cost added to SVP runs)."""
+    """Markdown for svp_analysis (the end-to-end times are the report's own table: every run
+    records the upstream seconds its subset cost)."""
     lines = ["", f"SVP selection cost (proxy training + scoring, all proxies): "
              f"{analysis['selection_cost_s']:.1f} s.", ""]
     if "spearman_with_target" in analysis:
         lines += [f"Spearman rank correlation of {analysis['metric']} with the all-data target's:", "",
                   "| scores | Spearman |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in analysis["spearman_with_target"].items()]
-    keys = list(summary["targets"])
-    lines += ["", "End to end (SVP runs pay the selection cost; random and full pay nothing):", "",
-              "| method | " + " | ".join(f"time to {k} (speedup)" for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    base = summary["methods"][summary["baseline"]]["time_to_target"]
-    for label, m in summary["methods"].items():
-        extra = analysis["selection_cost_s"] if label.startswith("svp") else 0.0
-        cells = []
-        for k in keys:
-            t = m["time_to_target"][k]["mean_s"]
-            if t is None:
-                cells.append("not reached")
-            else:
-                b = base[k]["mean_s"]
-                cells.append(f"{t + extra:.1f} s" + (f" ({b / (t + extra):.2f}x)" if b else ""))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     names = analysis["class_names"]
     lines += ["", "Class shares (%):", "", "| subset | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
     for name, share in analysis["class_share"].items():
