@@ -8,6 +8,7 @@ rows, so a resumed graph emits exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -63,6 +64,35 @@ def concat_rows(batches: List[Batch]) -> Batch:
         else:
             out[k] = np.concatenate([b[k] for b in batches])
     return out
+
+
+class SelectingNode(BaseNode[Batch]):
+    """Base of nodes that score loaded candidate batches and pass on some of their rows.
+
+    Subclasses implement ``_process(batch) -> (rows to emit or None, seconds spent in selection
+    forwards)`` and name ``NODE_S`` (the counter of their own bookkeeping time: upstream waits
+    and selection forwards excluded). A batch with no row kept is skipped, not emitted.
+    """
+
+    NODE_S = ""
+    source: BaseNode[Batch]
+    _counters: Dict[str, float]
+
+    def _process(self, batch: Batch):
+        raise NotImplementedError
+
+    def next(self) -> Batch:
+        own = 0.0
+        try:
+            while True:
+                batch = next(self.source)
+                t0 = time.perf_counter()
+                out, scored_s = self._process(batch)
+                own += time.perf_counter() - t0 - scored_s
+                if out is not None:
+                    return out
+        finally:
+            self._counters[self.NODE_S] += own
 
 
 class FilterRows(BaseNode[Batch]):

@@ -20,14 +20,14 @@ from torchdata.nodes import BaseNode
 
 from selectkit.losstable import as_numpy
 from selectkit.methods.rholoss.functions import keep_count, reducible, sample_k, top_k
-from selectkit.nodes.filter import COUNTERS_KEY, Batch, take_rows
+from selectkit.nodes.filter import COUNTERS_KEY, Batch, SelectingNode, take_rows
 
 COUNTERS = ("rho/candidates", "rho/kept", "rho/selection_forwarded", "rho/kept_fraction", "rho/selection_s",
             "rho/node_s", "rho/reducible_kept_sum", "rho/reducible_sum", "rho/irreducible_kept_sum",
             "rho/irreducible_sum", "rho/loss_topk_overlap")
 
 
-class RhoLoss(BaseNode[Batch]):
+class RhoLoss(SelectingNode):
     """Keeps the candidates with the largest reducible loss; emits them (variable-size batches).
 
     Args:
@@ -40,6 +40,7 @@ class RhoLoss(BaseNode[Batch]):
         seed: seeds the ``sample`` rule's draws.
     """
 
+    NODE_S = "rho/node_s"
     SOURCE_KEY, RNG_KEY, META_KEY = "source", "rng", "meta"
 
     def __init__(self, source: BaseNode[Batch], scorer, irreducible: np.ndarray, fingerprint: str, *,
@@ -77,18 +78,6 @@ class RhoLoss(BaseNode[Batch]):
         return {self.SOURCE_KEY: self.source.state_dict(), self.RNG_KEY: self.rng.bit_generator.state,
                 COUNTERS_KEY: dict(self._counters), self.META_KEY: dict(self.meta)}
 
-    def next(self) -> Batch:
-        own = 0.0  # bookkeeping only: upstream waits and selection forwards excluded
-        try:
-            while True:
-                batch = next(self.source)
-                t0 = time.perf_counter()
-                out, scored_s = self._process(batch)
-                own += time.perf_counter() - t0 - scored_s
-                if out is not None:
-                    return out
-        finally:
-            self._counters["rho/node_s"] += own
 
     def choose(self, losses: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Sorted rows to keep for one candidate batch's training losses."""

@@ -23,13 +23,13 @@ from torchdata.nodes import BaseNode
 
 from selectkit.losstable import LossTable, as_numpy
 from selectkit.methods.sb.functions import LossWindow, loss_threshold, select
-from selectkit.nodes.filter import COUNTERS_KEY, Batch, take_rows
+from selectkit.nodes.filter import COUNTERS_KEY, Batch, SelectingNode, take_rows
 
 COUNTERS = ("sb/candidates", "sb/kept", "sb/selection_forwarded", "sb/stale_selected", "sb/kept_fraction",
             "sb/loss_threshold", "sb/selection_s", "sb/node_s")
 
 
-class SelectiveBackprop(BaseNode[Batch]):
+class SelectiveBackprop(SelectingNode):
     """Drops low-loss rows of candidate batches; emits the kept rows (variable-size batches).
 
     Args:
@@ -43,6 +43,7 @@ class SelectiveBackprop(BaseNode[Batch]):
     Its counters (``sb/*``, part of its state) come out through ``counters()``.
     """
 
+    NODE_S = "sb/node_s"
     SOURCE_KEY, WINDOW_KEY, RNG_KEY, META_KEY = "source", "window", "rng", "meta"
 
     def __init__(self, source: BaseNode[Batch], scorer, table: LossTable, fingerprint: str, *,
@@ -96,18 +97,6 @@ class SelectiveBackprop(BaseNode[Batch]):
         """Whether ``epoch`` runs selection forwards (else it selects from the loss table)."""
         return (epoch - self.warmup_epochs) % self.staleness == 0
 
-    def next(self) -> Batch:
-        own = 0.0  # this node's own bookkeeping, excluding upstream waits and selection forwards
-        try:
-            while True:
-                batch = next(self.source)
-                t0 = time.perf_counter()
-                out, scored_s = self._process(batch)
-                own += time.perf_counter() - t0 - scored_s
-                if out is not None:
-                    return out
-        finally:
-            self._counters["sb/node_s"] += own
 
     def _process(self, batch: Batch):
         """(kept rows or None, seconds spent in selection forwards) for one candidate batch."""
