@@ -81,6 +81,18 @@ def figure_title(runs: Sequence[Dict[str, Any]]) -> str:
     return f"Test error on {tasks}, measured on {machine_label(runs)}"
 
 
+# Matplotlib's ten default colours, then distinct named ones: a study with more than ten methods
+# (the online one has eleven) must not draw two of them in the same colour.
+_EXTRA_COLOURS = ("black", "darkgoldenrod", "teal", "indigo", "lime", "crimson", "slategrey", "navy", "olive",
+                  "deeppink")
+
+
+def method_colours(labels: List[str]) -> Dict[str, str]:
+    """One distinct colour per label, in order (the default cycle first); repeats only past 20."""
+    palette = [f"C{i}" for i in range(10)] + list(_EXTRA_COLOURS)
+    return {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+
+
 def _draw_panel(ax, by_label: Dict[str, List[Dict[str, Any]]], colours: Dict[str, str], x: str,
                 scale: float, end_fmt: str, ylim: Tuple[float, float]) -> None:
     """One panel: per method its seeds as thin faint lines, their mean and min-max band, and an
@@ -130,7 +142,7 @@ def plot(runs: List[Dict[str, Any]], path: str | Path, summary: Optional[Dict[st
     by_label: Dict[str, List[Dict[str, Any]]] = {}
     for r in runs:
         by_label.setdefault(r["label"], []).append(r)
-    colours = {label: f"C{i % 10}" for i, label in enumerate(by_label)}
+    colours = method_colours(list(by_label))
     ys_all = [100 * row["test_error"] for r in runs for row in r["curve"] if math.isfinite(row["test_error"])]
     lo = min(ys_all) if ys_all else 0.0
     ylim = (max(0.0, lo * 0.9), min(100.0, max(lo * 2.5, lo + 5)))

@@ -244,3 +244,11 @@ def test_stage_writes_and_logs_the_report(run_dirs, tmp_path):
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == names | {"metrics"}
     assert {a.path for a in client.list_artifacts(run.info.run_id, "metrics")} == {
         f"metrics/{label}.json" for label in headline(summary)}
+
+
+def test_method_colours_stay_distinct_past_ten_methods():
+    from selectkit.plots import method_colours
+
+    labels = [f"m{i}" for i in range(20)]
+    colours = method_colours(labels)
+    assert len(set(colours.values())) == 20 and colours["m0"] == "C0"
