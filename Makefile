@@ -8,9 +8,10 @@ BIN    := $(VENV)/bin
 LOCK   ?= requirements.lock
 STAMP  := $(VENV)/.installed-stamp
 FMNIST ?= /usr/share/datasets/fashion-mnist
+WORDNET ?= /usr/share/wordnet
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: quickstart pipeline online check test env data bench clean
+.PHONY: quickstart pipeline online text check test env data bench clean
 
 # Traditional vs Selective-Backprop on scikit-learn's digits: the whole workflow in about 30 s.
 quickstart: env
@@ -22,6 +23,11 @@ pipeline: env data
 # Traditional, SB, Stale-SB, AutoAssist (three ways) and InfoBatch on Fashion-MNIST (3 seeds each, about 18 minutes).
 online: env data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro pipelines/online-fashion-mnist/dvc.yaml
+
+# Traditional, SVP (fastText proxy, two fractions and random baselines), SB, Stale-SB and
+# AutoAssist (TF-IDF gate) with a Transformer on WordNet supersenses (3 seeds each).
+text: env data
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro pipelines/text-wordnet/dvc.yaml
 
 # Validate every stage of every pipeline (params, paths, writable outputs, the tracking
 # server) without running anything; `dvc repro` does the same first, in its `check` stage.
@@ -39,16 +45,20 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -q $(if $(LOCK),-c $(LOCK)) -e '.[dev]'
 	touch $@
 
-# Fashion-MNIST from Debian's dataset-fashion-mnist package (offline); elsewhere, set
-# data.source: torchvision and data.download: true in params.yaml.
+# Fashion-MNIST and WordNet 3.0 from Debian's dataset-fashion-mnist and wordnet-base packages
+# (offline); elsewhere, set data.source: torchvision and data.download: true in params.yaml, and
+# data.path to a WordNet 3.0 dict/ folder.
 data:
-	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST found in $(FMNIST)"; \
+	@need=""; \
+	[ -f $(FMNIST)/train-images-idx3-ubyte.gz ] && echo "Fashion-MNIST found in $(FMNIST)" || need="dataset-fashion-mnist"; \
+	[ -f $(WORDNET)/data.noun ] && echo "WordNet found in $(WORDNET)" || need="$$need wordnet-base"; \
+	if [ -z "$$need" ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; \
 	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
-		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
-	else echo "Fashion-MNIST not found in $(FMNIST): install Debian's dataset-fashion-mnist, or set" \
-		"data.source: torchvision and data.download: true in params.yaml"; fi
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; \
+	else echo "missing Debian packages:$$need. Install them, or set data.source: torchvision and" \
+		"data.download: true (Fashion-MNIST), data.path (WordNet) in params.yaml"; fi
 
 bench: env data
 	$(BIN)/python benchmarks/cost_ratio.py

@@ -20,17 +20,20 @@ from selectkit.methods import MethodStack, parse_stack
 from selectkit.validation import (ConfigError, check as _check, choice as _choice, deep_merge,  # noqa: F401
                                   flatten, from_dict, load_params, load_section, to_dict)
 
-SOURCES = ["idx", "torchvision", "imagefolder", "npz", "digits"]
+SOURCES = ["idx", "torchvision", "imagefolder", "npz", "digits", "wordnet", "text"]
 
 
 @dataclass
 class DataConfig:
     """Where the `prepare` stage reads examples from (params.yaml section `data`)."""
 
-    # idx: Fashion-MNIST/MNIST IDX files; torchvision: a torchvision dataset class by name;
-    # imagefolder: torchvision's ImageFolder layout; npz: numpy arrays; digits: sklearn.
+    # Images -- idx: Fashion-MNIST/MNIST IDX files; torchvision: a torchvision dataset class by
+    # name; imagefolder: torchvision's ImageFolder layout; npz: numpy arrays; digits: sklearn.
+    # Text -- wordnet: WordNet 3.0's glosses labelled by supersense (Debian's wordnet-base);
+    # text: a JSON Lines or CSV file with a text and a label column.
     source: str = "idx"
-    # Directory (idx, imagefolder, torchvision root) or file (npz). Unused for digits.
+    # Directory (idx, imagefolder, torchvision root, wordnet: default /usr/share/wordnet) or file
+    # (npz, text). Unused for digits.
     path: Optional[str] = None
     # torchvision dataset class name, e.g. FashionMNIST or CIFAR10 (source=torchvision).
     name: str = "FashionMNIST"
@@ -48,15 +51,41 @@ class DataConfig:
     # trained on by default: RHO-LOSS trains its irreducible-loss model there (input.split:
     # holdout). 0 holds nothing out. Recorded in the store's metadata and fingerprint.
     holdout_fraction: float = 0.0
+    # ---- text sources (wordnet, text)
+    # text: a test file with the same columns; null holds out test_fraction (stratified, split_seed).
+    test_path: Optional[str] = None
+    format: str = "auto"  # auto (by suffix: .jsonl/.json/.ndjson, .csv/.tsv) | jsonl | csv
+    text_column: str = "text"
+    label_column: str = "label"
+    encoding: str = "utf-8"  # of the text files
+    empty: str = "drop"  # empty or whitespace-only texts: drop (and count) | error
+    max_length: int = 128  # tokens per example; longer texts are truncated (counted) or rejected
+    long: str = "truncate"  # truncate | error
+    # The word vocabulary: the most frequent train-split words (Hugging Face tokenizers, word level).
+    vocab_size: int = 16000
+    min_frequency: int = 2
+    lowercase: bool = True
+    # A tokenizer.json (or a text store holding one) to use instead of training one.
+    tokenizer: Optional[str] = None
 
     def __post_init__(self) -> None:
         _choice("data.source", self.source, SOURCES)
+        _choice("data.format", self.format, ["auto", "jsonl", "csv"])
+        _choice("data.empty", self.empty, ["drop", "error"])
+        _choice("data.long", self.long, ["truncate", "error"])
+        _check(self.max_length >= 1, "data.max_length", self.max_length, ">= 1 token")
+        _check(self.vocab_size >= 16, "data.vocab_size", self.vocab_size, ">= 16")
+        _check(self.min_frequency >= 1, "data.min_frequency", self.min_frequency, ">= 1")
+        _check(bool(self.text_column) and bool(self.label_column), "data.text_column/label_column",
+               (self.text_column, self.label_column), "non-empty column names")
         _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "0 < x < 1")
         _check(0.0 <= self.holdout_fraction < 1.0, "data.holdout_fraction", self.holdout_fraction,
                "0 <= x < 1 (0 holds nothing out)")
         if self.image_size is not None:
             _check(self.image_size >= 4, "data.image_size", self.image_size, ">= 4 pixels, or null")
-        if self.source in ("idx", "imagefolder", "npz"):
+        if self.test_path is not None:
+            _check(self.source == "text", "data.test_path", self.test_path, "null unless data.source: text")
+        if self.source in ("idx", "imagefolder", "npz", "text"):
             _check(bool(self.path), "data.path", self.path, f"a path to the {self.source} data")
 
 
@@ -84,9 +113,15 @@ class InputConfig:
     split: str = "train"
     # Drop the last incomplete batch of each epoch.
     drop_last: bool = False
+    # Text: sort each window of this many (candidate) batches of the shuffled order by length
+    # before cutting it into batches, then run the batches in a seeded random order, so batches
+    # padded to their longest example pad less. 0: off (images have no lengths).
+    group_by_length: int = 0
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "input.batch_size", self.batch_size, ">= 1")
+        _check(self.group_by_length >= 0, "input.group_by_length", self.group_by_length,
+               ">= 0 batches per length-sorting window (0: off)")
         _choice("input.augment", self.augment, ["none", "flip", "crop_flip"])
         _check(self.prefetch >= 0, "input.prefetch", self.prefetch, ">= 0")
         _choice("input.split", self.split, ["train", "holdout"])

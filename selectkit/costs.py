@@ -47,7 +47,7 @@ def measure_costs(model: ModelConfig, task: str, spec: Dict[str, Any], num_class
 
     def train_step():
         net.train()
-        loss = F.cross_entropy(net(x), y, reduction="none").mean()
+        loss = F.cross_entropy(cls.forward(net, x), y, reduction="none").mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -56,7 +56,7 @@ def measure_costs(model: ModelConfig, task: str, spec: Dict[str, Any], num_class
         net.train(selection_mode == "train")
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
                                                     enabled=selection_precision == "bf16"):
-            F.cross_entropy(net(xs).float(), ys, reduction="none").cpu()
+            F.cross_entropy(cls.forward(net, xs).float(), ys, reduction="none").cpu()
         net.train()
 
     for _ in range(3):

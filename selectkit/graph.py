@@ -199,7 +199,8 @@ def candidate_ids(task, subset: Optional[str | Path | np.ndarray], split: str = 
 
 def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: int, seed: int = 0,
                       model=None, augment: str = "none", prefetch: int = 2, pin_memory: bool = False,
-                      drop_last: bool = False, epochs: int = 1, rank: int = 0, world_size: int = 1) -> InputGraph:
+                      drop_last: bool = False, epochs: int = 1, rank: int = 0, world_size: int = 1,
+                      group_by_length: int = 0) -> InputGraph:
     """The input graph for a method stack, as a checkpointable InputGraph.
 
     Args:
@@ -215,6 +216,7 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
         drop_last: drop the last incomplete candidate batch of each epoch.
         epochs: planned epochs (methods check warm-ups against it).
         rank, world_size: this process's shard of every epoch's permutation.
+        group_by_length: batches per length-sorting window of the sampler (text; 0: off).
     """
     cand = batch_size
     for method, mcfg in stack:
@@ -222,7 +224,8 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
     table = LossTable(len(task)) if any(m.uses_loss_table for m, _ in stack) else None
     ctx = MethodContext(task=task, seed=seed, batch_size=batch_size, candidate_batch_size=cand, epochs=epochs,
                         model=model, loss_table=table)
-    node: BaseNode = IdBatchSampler(ids, cand, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size)
+    node: BaseNode = IdBatchSampler(ids, cand, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
+                                    lengths=task.lengths() if group_by_length else None, group=group_by_length)
     for method, mcfg in stack:
         if method.slot == "ids":
             node = method.build(node, ctx, mcfg)

@@ -1,9 +1,11 @@
 """Models: a registry of built-in ones by name, and any factory by import path.
 
-``train.model.name`` is a registered name (``cnn``, ``proxy_cnn``, ``mlp``, ``resnet_cifar``)
+``train.model.name`` is a registered name (images: ``cnn``, ``proxy_cnn``, ``mlp``,
+``resnet_cifar``; text, selectkit/text_models.py: ``fasttext``, ``transformer``, ``textcnn``)
 or ``package.module:factory``. Every factory is called as ``factory(spec, num_classes,
 **train.model.args)``: ``spec`` is the task's example spec (an ``ImageSpec`` with ``shape``
-(C, H, W) for images), ``num_classes`` comes from the store. Unknown arguments are rejected
+(C, H, W) for images, a ``TextSpec`` with ``vocab_size`` and ``max_length`` for text, whose
+models are called as ``model(tokens, mask)``), ``num_classes`` comes from the store. Unknown arguments are rejected
 by name; a factory that fails to import, is missing, or returns something other than an
 ``nn.Module`` fails naming the path and the fix; ``check_outputs`` runs two dummy examples
 through a new model to catch a wrong number of outputs before training starts.
@@ -190,6 +192,10 @@ def build_model(cfg, spec, num_classes: int) -> nn.Module:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(f"train.model.args={dict(cfg.args)!r} are invalid for {cfg.name!r}: {e}") from None
+    except AttributeError as e:  # e.g. an image model handed a TextSpec
+        raise ConfigError(f"model {cfg.name!r} cannot be built for this store's examples ({type(spec).__name__}: "
+                          f"{e}): pick a model for that task (images: cnn, proxy_cnn, mlp, resnet_cifar; text: "
+                          f"fasttext, transformer, textcnn)") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"train.model.name={cfg.name!r}: the factory returned a {type(model).__name__}, not a "
                           f"torch.nn.Module: return the model instance")
@@ -244,3 +250,6 @@ def classifier(model: nn.Module) -> nn.Linear:
 def model_signature(cfg) -> Dict[str, Any]:
     """What identifies a model's architecture in a checkpoint."""
     return {"name": cfg.name, "args": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.args.items()}}
+
+
+from selectkit import text_models  # noqa: E402,F401  (registers fasttext, transformer, textcnn)

@@ -80,7 +80,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.task = task_for(store, channels_last=cfg.channels_last)
+        self.task = task_for(store, channels_last=cfg.channels_last, batch_size=cfg.input.batch_size,
+                             group_by_length=cfg.input.group_by_length)
         torch.manual_seed(cfg.seed)
         self.model = self.task.prepare_model(make_model(cfg.model, self.task), self.device)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -94,7 +95,8 @@ class Trainer:
             self.task, cfg.stack, ids if ids is not None else candidate_ids(self.task, cfg.input.subset, cfg.input.split),
             batch_size=cfg.input.batch_size, seed=cfg.seed, model=self.handle, augment=cfg.input.augment,
             prefetch=cfg.input.prefetch, pin_memory=self.device.type == "cuda", drop_last=cfg.input.drop_last,
-            epochs=cfg.epochs, rank=dist.rank(), world_size=dist.world_size())
+            epochs=cfg.epochs, rank=dist.rank(), world_size=dist.world_size(),
+            group_by_length=cfg.input.group_by_length)
         self.model_sig = model_signature(cfg.model)
         self.p = _Progress()
         self.clock = PhaseClock(self.device)

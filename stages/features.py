@@ -1,6 +1,7 @@
 """DVC stage `features` (AutoAssist): cheap per-example features of the store's train split,
 computed once and read memory-mapped by the gate (``train.methods.autoassist.features``): the
-task's own (pooled pixels), or with --from-scores a proxy's cached penultimate embeddings."""
+task's own (images: pooled pixels; text: TF-IDF reduced to --components by a truncated SVD), or
+with --from-scores a proxy's cached penultimate embeddings."""
 
 import argparse
 import time
@@ -20,7 +21,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--from-scores", default=None, metavar="DIR",
                     help="use the embeddings in this scores directory (stages/score.py with score.embeddings: true)")
     ap.add_argument("--components", type=int, default=64,
-                    help="with --from-scores: principal components kept (0 keeps every embedding column)")
+                    help="principal components kept of a proxy's embeddings (--from-scores; 0 keeps every column), "
+                         "or SVD components of a text store's TF-IDF")
     ap.add_argument("--no-uncertainty", action="store_true",
                     help="with --from-scores: the embeddings only, without the proxy's uncertainty scores first")
     return ap
@@ -56,6 +58,9 @@ def main(argv: Optional[List[str]] = None) -> None:
 
             feats, meta = embedding_features(args.from_scores, task, args.components or None,
                                              uncertainty=not args.no_uncertainty)
+        elif task.name == "text_classification":
+            feats = task.features(components=args.components or 64)
+            meta = {"kind": "tf-idf", "components": int(feats.shape[1])}
         else:
             feats = task.features(downsample=args.downsample)
             meta = {"kind": f"{task.name} features", "downsample": args.downsample}

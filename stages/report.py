@@ -68,7 +68,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             analysis = svp_analysis(expand_runs(args.svp_proxies, params), args.svp_target,
                                     expand_runs(args.svp_subsets, params), metric,
                                     store.meta["class_names"], store.train.y)
-            summary["svp"] = clean_json(analysis)
+            from selectkit.methods.svp.report import vs_random
+
+            summary["svp"] = clean_json({**analysis, "vs_random": vs_random(summary)})
             text += svp_markdown(analysis, summary)
         atomic_write_text(out / "summary.md", text)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

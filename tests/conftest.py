@@ -81,3 +81,65 @@ def tiny_train_cfg(**overrides):
         else:
             values[k] = v
     return train_config(values, "train")
+
+
+# Words that mark each class of the tiny text fixture, and words every class uses.
+TEXT_CLASSES = {
+    "animal": ["dog", "cat", "horse", "sparrow", "otter", "lizard", "wolf", "fur", "paws", "tail"],
+    "tool": ["hammer", "saw", "wrench", "drill", "chisel", "pliers", "blade", "handle", "bolt", "screw"],
+    "food": ["bread", "cheese", "apple", "soup", "rice", "butter", "salt", "spice", "baked", "sweet"],
+}
+TEXT_FILLER = ["a", "the", "of", "with", "used", "for", "small", "large", "kind", "often", "very", "and", "or"]
+
+
+def text_rows(n=240, seed=0, max_words=14):
+    """(text, label) rows of the tiny text fixture: each text is filler words with one to three
+    of its class's marker words, so a model can learn it in a few steps."""
+    rng = np.random.default_rng(seed)
+    names = sorted(TEXT_CLASSES)
+    rows = []
+    for i in range(n):
+        label = names[i % len(names)]
+        words = list(rng.choice(TEXT_FILLER, rng.integers(2, max_words - 2)))
+        for w in rng.choice(TEXT_CLASSES[label], rng.integers(1, 4)):
+            words.insert(int(rng.integers(0, len(words) + 1)), str(w))
+        rows.append((" ".join(words).capitalize() + ".", label))
+    return rows
+
+
+@pytest.fixture
+def make_text(tmp_path):
+    """Write the tiny text fixture as JSON Lines or CSV and return its path."""
+    import csv
+    import json
+
+    def _make(n=240, seed=0, fmt="jsonl", rows=None, name=None, encoding="utf-8", **cols):
+        rows = rows if rows is not None else text_rows(n, seed)
+        tc, lc = cols.get("text_column", "text"), cols.get("label_column", "label")
+        p = tmp_path / (name or f"texts{seed}.{fmt}")
+        with open(p, "w", encoding=encoding, newline="") as f:
+            if fmt == "jsonl":
+                for t, lab in rows:
+                    f.write(json.dumps({tc: t, lc: lab}, ensure_ascii=False) + "\n")
+            else:
+                w = csv.writer(f)
+                w.writerow([tc, lc])
+                w.writerows(rows)
+        return p
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def text_store(tmp_path_factory):
+    """A tiny text store from the fixture rows (JSON Lines), 20 % held out as test split."""
+    import json
+
+    from selectkit.config import DataConfig
+    from selectkit.store import Store, prepare
+
+    d = tmp_path_factory.mktemp("text")
+    p = d / "texts.jsonl"
+    p.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in text_rows(300)))
+    prepare(DataConfig(source="text", path=str(p), vocab_size=200, min_frequency=1), d / "store")
+    return Store(d / "store")

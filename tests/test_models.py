@@ -10,12 +10,29 @@ def spec(*shape):
     return ImageSpec(tuple(shape))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+TEXT_MODELS = {"fasttext", "transformer", "textcnn"}
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - TEXT_MODELS))
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_every_model_maps_images_to_logits(name, shape):
     m = build_model(ModelConfig(name=name), ImageSpec(shape), 10)
     out = m(torch.randn(4, *shape))
     assert out.shape == (4, 10)
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_MODELS))
+def test_every_text_model_maps_padded_tokens_to_logits(name):
+    from selectkit.tasks.text import TextClassification, TextSpec
+
+    m = build_model(ModelConfig(name=name), TextSpec(vocab_size=50, max_length=12), 10)
+    tokens, mask = TextClassification.dummy_inputs({"vocab_size": 50, "max_length": 12, "batch_length": 9}, 4,
+                                                   torch.device("cpu"), torch.Generator().manual_seed(0))
+    out = m(tokens, mask)
+    assert out.shape == (4, 10)
+    # padding changes nothing: the same rows with three more padding columns give the same logits
+    wide = torch.cat([tokens, torch.zeros(4, 3, dtype=tokens.dtype)], 1)
+    torch.testing.assert_close(m.eval()(wide, wide != 0), m(tokens, mask))
 
 
 def test_reference_cnn_size():

@@ -90,3 +90,20 @@ def test_class_balance_and_random_baseline():
 def test_ids_hash_identifies_the_set():
     assert ids_hash(np.array([1, 2, 3])) == ids_hash(np.array([1, 2, 3], dtype=np.int32))
     assert ids_hash(np.array([1, 2, 3])) != ids_hash(np.array([1, 2, 4]))
+
+
+def test_svp_against_random_per_fraction():
+    from selectkit.methods.svp.report import vs_random, vs_random_markdown
+
+    def m(err, t):
+        return {"final_test_error": {"mean": err}, "time_to_target": {"1.1x": {"mean_s": t}}}
+
+    summary = {"targets": {"1.1x": 0.1, "1.2x": 0.2},
+               "methods": {"traditional": m(0.1, 10.0), "svp-0.3": m(0.12, 4.0), "random-0.3": m(0.11, 8.0),
+                           "svp-0.5": m(0.10, None), "random-0.5": m(0.13, 5.0), "svp-0.7": m(0.1, 3.0)}}
+    rows = vs_random(summary)
+    assert set(rows) == {"0.3", "0.5"}  # svp-0.7 has no random baseline
+    assert rows["0.3"]["svp_beats_random"] is False and rows["0.3"]["speedup_over_random"] == 2.0
+    assert rows["0.5"]["svp_beats_random"] is True and rows["0.5"]["speedup_over_random"] is None
+    text = "\n".join(vs_random_markdown(summary))
+    assert "| 0.3 | 12.00 % | 11.00 % | no | 4.0 s | 8.0 s |" in text and "not reached" in text

@@ -51,6 +51,23 @@ def slice_rows(batch: Batch, start: int, stop: int) -> Batch:
     return {k: v if k in POSITION_KEYS else v[start:stop] for k, v in batch.items()}
 
 
+def _cat(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """torch.cat along rows; tensors that differ past the first dimension (token ids padded to
+    each batch's own longest example) are zero-padded to the largest first."""
+    shape = tensors[0].shape[1:]
+    if all(t.shape[1:] == shape for t in tensors):
+        return torch.cat(tensors)
+    if any(t.dim() != tensors[0].dim() for t in tensors):
+        raise ValueError(f"cannot concatenate rows of shapes {[tuple(t.shape) for t in tensors]}")
+    size = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    out = tensors[0].new_zeros((sum(len(t) for t in tensors), *size))
+    i = 0
+    for t in tensors:
+        out[(slice(i, i + len(t)),) + tuple(slice(0, s) for s in t.shape[1:])] = t
+        i += len(t)
+    return out
+
+
 def concat_rows(batches: List[Batch]) -> Batch:
     """Concatenate per-row fields; position fields come from the last batch."""
     if len(batches) == 1:
@@ -60,7 +77,7 @@ def concat_rows(batches: List[Batch]) -> Batch:
         if k in POSITION_KEYS:
             out[k] = v
         elif isinstance(v, torch.Tensor):
-            out[k] = torch.cat([b[k] for b in batches])
+            out[k] = _cat([b[k] for b in batches])
         else:
             out[k] = np.concatenate([b[k] for b in batches])
     return out

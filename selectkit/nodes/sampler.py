@@ -33,6 +33,11 @@ class IdBatchSampler(BaseNode[Dict[str, Any]]):
         shuffle: permute each epoch (False keeps ``ids`` order).
         drop_last: drop the last incomplete batch.
         rank, world_size: this process's shard of the global permutation (0 and 1: all of it).
+        lengths: per-id example lengths (text: tokens), indexed by id; with ``group`` > 0 each
+            window of ``group`` batches of the shuffled order is sorted by length before it is cut
+            into batches, and the full batches then run in a seeded random order (the usual
+            bucketing of text loaders: batches padded to their longest example pad far less).
+        group: batches per length-sorting window (0: no grouping).
     """
 
     EPOCH_KEY = "epoch"
@@ -40,8 +45,16 @@ class IdBatchSampler(BaseNode[Dict[str, Any]]):
     SHARD_KEY = "shard"
 
     def __init__(self, ids: np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 lengths: Optional[np.ndarray] = None, group: int = 0):
         super().__init__()
+        if group < 0:
+            raise ValueError(f"{group=} should be >= 0 (0: no grouping by length)")
+        if group and lengths is None:
+            raise ValueError("grouping by length (input.group_by_length > 0) needs example lengths: this task's "
+                             "examples have none (it is for text); set input.group_by_length: 0")
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.group = group
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 1 or len(ids) == 0:
             raise ValueError(f"ids must be a non-empty 1-D array, got shape {ids.shape}")
@@ -83,12 +96,25 @@ class IdBatchSampler(BaseNode[Dict[str, Any]]):
         ids = self.ids
         if self.shuffle:
             ids = ids[np.random.default_rng([self.seed, epoch]).permutation(len(ids))]
-        if self.world_size == 1:
-            return ids
-        pad = -len(ids) % self.world_size
-        if pad:
-            ids = np.concatenate([ids, np.resize(ids, pad)])
-        return ids[self.rank::self.world_size]
+        if self.world_size > 1:
+            pad = -len(ids) % self.world_size
+            if pad:
+                ids = np.concatenate([ids, np.resize(ids, pad)])
+            ids = ids[self.rank::self.world_size]
+        if self.group and self.shuffle:
+            ids = self._grouped(ids, epoch)
+        return ids
+
+    def _grouped(self, ids: np.ndarray, epoch: int) -> np.ndarray:
+        """``ids`` sorted by length within windows of ``group`` batches, then the full batches
+        shuffled (seeded by seed and epoch); an incomplete batch stays last."""
+        bs, w = self.batch_size, self.group * self.batch_size
+        lengths = self.lengths[ids]  # type: ignore[index]
+        out = np.concatenate([ids[i:i + w][np.argsort(lengths[i:i + w], kind="stable")] for i in range(0, len(ids), w)])
+        full = len(out) // bs
+        perm = np.random.default_rng([self.seed, epoch, 0x6B]).permutation(full)
+        head = out[:full * bs].reshape(full, bs)[perm].ravel()
+        return np.concatenate([head, out[full * bs:]])
 
     def next(self) -> Dict[str, Any]:
         if self._index >= self.num_batches:

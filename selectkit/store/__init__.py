@@ -9,7 +9,9 @@ Layout of a store directory::
     test_y.npy        int64 [M]
     holdout_ids.npy   int64 [H], sorted train ids held out (only when data.holdout_fraction > 0)
 
-Arrays are opened memory-mapped, so a store of any size costs only the pages touched.
+Arrays are opened memory-mapped, so a store of any size costs only the pages touched. A text
+store (``data.source: wordnet | text``) holds ragged token ids and its tokenizer instead of
+images: see selectkit/store/text.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 from selectkit.io import fresh_dir, replace_dir  # noqa: F401  (re-exported)
 from selectkit.store.sources import Source, read_source
 
+TEXT_SOURCES = ("wordnet", "text")
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
@@ -39,13 +43,15 @@ def _hash_array(h: "hashlib._Hash", a: np.ndarray) -> None:
         h.update(np.ascontiguousarray(a[i:i + _CHUNK]).tobytes())
 
 
-def fingerprint_arrays(arrays: Dict[str, np.ndarray], class_names: List[str]) -> str:
-    """sha256 over every array's dtype, shape and bytes, plus the class names (first 16 hex)."""
+def fingerprint_arrays(arrays: Dict[str, np.ndarray], class_names: List[str], extra: bytes = b"") -> str:
+    """sha256 over every array's dtype, shape and bytes, plus the class names and ``extra``
+    (a text store's tokenizer hash) (first 16 hex)."""
     h = hashlib.sha256()
     for name in sorted(arrays):
         h.update(name.encode())
         _hash_array(h, arrays[name])
     h.update(json.dumps(class_names).encode())
+    h.update(extra)
     return h.hexdigest()[:16]
 
 
@@ -153,13 +159,37 @@ def write_store(src: Source, out: str | Path, holdout_fraction: float = 0.0, hol
 
 @dataclass
 class Split:
-    """One split of a store: memory-mapped images and labels."""
+    """One split of an image store: memory-mapped images and labels."""
 
     x: np.ndarray  # uint8 [N, C, H, W], memory-mapped
     y: np.ndarray  # int64 [N], memory-mapped
 
     def __len__(self) -> int:
         return len(self.y)
+
+
+@dataclass
+class TextSplit:
+    """One split of a text store: ragged token ids (memory-mapped) and labels."""
+
+    tokens: np.ndarray  # int32 [T]: every example's token ids, concatenated
+    offsets: np.ndarray  # int64 [N + 1]: example i is tokens[offsets[i]:offsets[i + 1]]
+    y: np.ndarray  # int64 [N]
+    rows: np.ndarray  # int64 [N]: the source row of each example
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(np.asarray(self.offsets))
+
+    def example(self, i: int) -> np.ndarray:
+        return np.asarray(self.tokens[self.offsets[i]:self.offsets[i + 1]])
+
+
+# the arrays of each split, by the task a store holds (meta.json's "task")
+PARTS = {"image_classification": ("x", "y"), "text_classification": ("tokens", "offsets", "y", "rows")}
+SPLIT_TYPES = {"image_classification": Split, "text_classification": TextSplit}
 
 
 class Store:
@@ -177,10 +207,14 @@ class Store:
             raise FileNotFoundError(f"no example store at {self.root} (missing meta.json): run the "
                                     f"prepare stage first (`dvc repro prepare`)")
         self.meta: Dict[str, Any] = json.loads(meta_path.read_text())
-        self.splits: Dict[str, Split] = {}
+        self.kind = self.meta.get("task", "image_classification")
+        if self.kind not in PARTS:
+            raise ValueError(f"{meta_path} names task {self.kind!r}, which this selectkit does not know "
+                             f"({sorted(PARTS)}): upgrade selectkit, or rerun prepare")
+        self.splits: Dict[str, Any] = {}
         for s in SPLITS:
             arrays = []
-            for part in ("x", "y"):
+            for part in PARTS[self.kind]:
                 p = self.root / f"{s}_{part}.npy"
                 if not p.is_file():
                     raise FileNotFoundError(f"store {self.root} lacks {p.name}: rerun the prepare stage")
@@ -190,7 +224,9 @@ class Store:
                     raise ValueError(f"{p} is {a.dtype} {list(a.shape)} but meta.json says "
                                      f"{want['dtype']} {want['shape']}: the store is corrupt; rerun prepare")
                 arrays.append(a)
-            self.splits[s] = Split(*arrays)
+            self.splits[s] = SPLIT_TYPES[self.kind](*arrays)
+        if self.kind == "text_classification":
+            self._check_tokenizer()
         self._holdout: np.ndarray = np.zeros(0, dtype=np.int64)
         if "holdout" in self.meta:
             p = self.root / "holdout_ids.npy"
@@ -201,6 +237,23 @@ class Store:
             if len(self._holdout) != self.meta["holdout"]["size"]:
                 raise ValueError(f"{p} holds {len(self._holdout)} ids but meta.json says "
                                  f"{self.meta['holdout']['size']}: the store is corrupt; rerun prepare")
+
+    def _check_tokenizer(self) -> None:
+        from selectkit.store.text import file_sha256
+
+        p = self.root / self.meta["tokenizer"]["file"]
+        if not p.is_file():
+            raise FileNotFoundError(f"text store {self.root} lacks {p.name}: rerun the prepare stage")
+        got, want = file_sha256(p)[:16], self.meta["tokenizer"]["sha256"][:16]
+        if got != want:
+            raise ValueError(f"{p} (sha256 {got}...) is not the tokenizer this store's token ids were made with "
+                             f"(sha256 {want}... in meta.json, store fingerprint {self.fingerprint}): it was copied "
+                             f"from another store or edited; rerun prepare to re-tokenise")
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """The text store's tokenizer.json."""
+        return self.root / self.meta["tokenizer"]["file"]
 
     @property
     def holdout_ids(self) -> np.ndarray:
@@ -220,19 +273,21 @@ class Store:
         return tuple(self.meta["image_shape"])
 
     @property
-    def train(self) -> Split:
+    def train(self) -> Any:
+        """The train split: a ``Split`` (images) or ``TextSplit`` (text)."""
         return self.splits["train"]
 
     @property
-    def test(self) -> Split:
+    def test(self) -> Any:
         return self.splits["test"]
 
     def verify(self) -> None:
         """Recompute the content fingerprint (reads every byte once) and compare with meta.json."""
-        arrays = {f"{s}_{p}": getattr(self.splits[s], p) for s in SPLITS for p in ("x", "y")}
+        arrays = {f"{s}_{p}": getattr(self.splits[s], p) for s in SPLITS for p in PARTS[self.kind]}
         if "holdout" in self.meta:
             arrays["holdout_ids"] = self._holdout
-        got = fingerprint_arrays(arrays, self.meta["class_names"])
+        extra = self.meta["tokenizer"]["sha256"].encode() if self.kind == "text_classification" else b""
+        got = fingerprint_arrays(arrays, self.meta["class_names"], extra)
         if got != self.fingerprint:
             raise ValueError(f"store {self.root} content fingerprint {got} != {self.fingerprint} in "
                              f"meta.json: its arrays changed after prepare; rerun prepare")
@@ -240,4 +295,8 @@ class Store:
 
 def prepare(cfg, out: str | Path) -> Dict[str, Any]:
     """Read the configured source and write it as a store (the `prepare` stage's work)."""
+    from selectkit.store.text import write_text_store
+
+    if cfg.source in TEXT_SOURCES:
+        return write_text_store(cfg, out)
     return write_store(read_source(cfg), out, cfg.holdout_fraction, cfg.split_seed)

@@ -63,7 +63,11 @@ def check_source(cfg: DataConfig) -> None:
     Raises:
         FileNotFoundError: naming data.path and what is expected there.
     """
-    if cfg.source == "idx":
+    if cfg.source in ("wordnet", "text"):
+        from selectkit.store.text import check_text_source
+
+        check_text_source(cfg)
+    elif cfg.source == "idx":
         d = Path(cfg.path)  # type: ignore[arg-type]
         if not d.is_dir():
             raise FileNotFoundError(

@@ -48,6 +48,10 @@ class Task:
         store = getattr(self, "store", None)
         return store.holdout_ids if store is not None else np.zeros(0, dtype=np.int64)
 
+    def lengths(self) -> Optional[np.ndarray]:
+        """Per-id example lengths for grouping batches by length (text), or None."""
+        return None
+
     # ---------------------------------------------------------------- loading
     def loader(self, augment: str = "none", seed: int = 0) -> Callable[[Batch], Batch]:
         """A stateless map function for ``torchdata.nodes.Mapper``: an item holding ``ids``
@@ -76,8 +80,10 @@ class Task:
         x = batch["x"].to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return x, batch["y"].to(device, non_blocking=True)
 
-    def forward(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
-        """The model's outputs on device inputs."""
+    @classmethod
+    def forward(cls, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        """The model's outputs on device inputs (a classmethod: cost measurement calls it
+        without a store)."""
         return model(inputs)
 
     def prepare_model(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -142,5 +148,7 @@ def task_for(store, **options: Any) -> Task:
 
 
 from selectkit.tasks.image import ImageClassification, ImageSpec  # noqa: E402  (registers itself)
+from selectkit.tasks.text import TextClassification, TextSpec  # noqa: E402  (registers itself)
 
-__all__ = ["Task", "TASKS", "ImageClassification", "ImageSpec", "register_task", "task_class", "task_for"]
+__all__ = ["Task", "TASKS", "ImageClassification", "ImageSpec", "TextClassification", "TextSpec", "register_task",
+           "task_class", "task_for"]

@@ -120,7 +120,7 @@ class ImageClassification(Task):
 
     name = "image_classification"
 
-    def __init__(self, store, channels_last: bool = True):
+    def __init__(self, store, channels_last: bool = True, **_: Any):
         self.store = store
         self.num_classes = store.num_classes
         self.labels = np.asarray(store.train.y, dtype=np.int64)

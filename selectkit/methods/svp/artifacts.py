@@ -37,13 +37,14 @@ def score_store(model: torch.nn.Module, task, device: torch.device, batch_size: 
         FloatingPointError: non-finite outputs, naming the example ids and ``source``.
     """
     model.eval()
-    probs, embs, losses = [], [], []
+    probs, embs, losses, order = [], [], [], []
     hook = None
     if embeddings:
         hook = classifier(model).register_forward_pre_hook(
             lambda _m, inp: embs.append(inp[0].detach().float().flatten(1).cpu().numpy()))
     try:
         for b in task.train_batches(batch_size):
+            order.append(np.asarray(b["ids"]))
             x, y = task.to_device(b, device)
             logits = task.forward(model, x).float()
             probs.append(torch.softmax(logits, dim=1).cpu().numpy())
@@ -51,7 +52,9 @@ def score_store(model: torch.nn.Module, task, device: torch.device, batch_size: 
     finally:
         if hook is not None:
             hook.remove()
-    p = np.concatenate(probs)
+    # batches may come in any order (a text task's shortest first): put rows back in id order
+    where = np.argsort(np.concatenate(order), kind="stable")
+    p = np.concatenate(probs)[where]
     bad = np.flatnonzero(~np.isfinite(p).all(axis=1))
     if bad.size:
         raise FloatingPointError(f"{source} gives non-finite outputs for example ids {bad[:10].tolist()}: "
@@ -59,14 +62,14 @@ def score_store(model: torch.nn.Module, task, device: torch.device, batch_size: 
     scores = uncertainty(p, task.labels)
     # the task's own loss from the logits: finite where a probability underflows to 0, and the
     # same function training minimises (RHO-LOSS subtracts it from training losses)
-    scores["loss"] = np.concatenate(losses)
+    scores["loss"] = np.concatenate(losses)[where]
     bad = np.flatnonzero(~np.isfinite(scores["loss"]))
     if bad.size:
         raise FloatingPointError(f"{source} gives non-finite losses for example ids {bad[:10].tolist()}: "
                                  f"retrain it (lower its lr) before scoring")
     out = {"ids": np.arange(len(task), dtype=np.int64), **{k: v.astype(np.float32) for k, v in scores.items()}}
     if embeddings:
-        out["embeddings"] = np.concatenate(embs).astype(np.float32)
+        out["embeddings"] = np.concatenate(embs)[where].astype(np.float32)
     return out
 
 

@@ -52,8 +52,49 @@ def svp_markdown(analysis: Dict[str, Any], summary: Dict[str, Any]) -> str:
         lines += [f"Spearman rank correlation of {analysis['metric']} with the all-data target's:", "",
                   "| scores | Spearman |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in analysis["spearman_with_target"].items()]
+    lines += vs_random_markdown(summary)
     names = analysis["class_names"]
-    lines += ["", "Class shares (%):", "", "| subset | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
-    for name, share in analysis["class_share"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in share) + " |")
+    shares = analysis["class_share"]
+    if len(names) <= 12:
+        lines += ["", "Class shares (%):", "", "| subset | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+        for name, share in shares.items():
+            lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in share) + " |")
+    else:  # many classes: one row per class
+        lines += ["", "Class shares (%):", "", "| class | " + " | ".join(shares) + " |", "|" + "---|" * (len(shares) + 1)]
+        for c, name in enumerate(names):
+            lines.append(f"| {name} | " + " | ".join(f"{100 * share[c]:.1f}" for share in shares.values()) + " |")
     return "\n".join(lines) + "\n"
+
+
+def vs_random(summary: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """For every SVP subset run ``svp-F`` with a random baseline ``random-F`` in ``summary``:
+    both mean final errors and whether SVP's is lower, and SVP's speedup over random to the
+    first target (time to it on the random subset / on SVP's; None when either misses it)."""
+    methods = summary.get("methods") or {}
+    first = next(iter(summary.get("targets") or {}), None)
+    out: Dict[str, Dict[str, Any]] = {}
+    for label, m in methods.items():
+        if not label.startswith("svp-") or f"random-{label[4:]}" not in methods:
+            continue
+        r = methods[f"random-{label[4:]}"]
+        e_svp, e_rnd = m["final_test_error"]["mean"], r["final_test_error"]["mean"]
+        t_svp = (m.get("time_to_target") or {}).get(first, {}).get("mean_s") if first else None
+        t_rnd = (r.get("time_to_target") or {}).get(first, {}).get("mean_s") if first else None
+        out[label[4:]] = {"svp_error": e_svp, "random_error": e_rnd, "svp_beats_random": e_svp < e_rnd,
+                          "target": first, "svp_s": t_svp, "random_s": t_rnd,
+                          "speedup_over_random": (t_rnd / t_svp) if t_svp and t_rnd else None}
+    return out
+
+
+def vs_random_markdown(summary: Dict[str, Any]) -> list:
+    rows = vs_random(summary)
+    if not rows:
+        return []
+    first = next(iter(rows.values()))["target"]
+    lines = ["", f"SVP against a random subset of the same size (final error; time to {first}):", "",
+             "| fraction | SVP | random | SVP better | SVP to target | random to target |", "|---|---|---|---|---|---|"]
+    fmt = lambda t: "not reached" if t is None else f"{t:.1f} s"  # noqa: E731
+    for frac, r in rows.items():
+        lines.append(f"| {frac} | {100 * r['svp_error']:.2f} % | {100 * r['random_error']:.2f} % | "
+                     f"{'yes' if r['svp_beats_random'] else 'no'} | {fmt(r['svp_s'])} | {fmt(r['random_s'])} |")
+    return lines
