@@ -191,6 +191,8 @@ def build_model(cfg, spec, num_classes: int) -> nn.Module:
     except (TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
+        if "is a text model" in str(e):
+            raise ConfigError(f"train.model.name={cfg.name!r}: {e}") from None
         raise ConfigError(f"train.model.args={dict(cfg.args)!r} are invalid for {cfg.name!r}: {e}") from None
     except AttributeError as e:  # e.g. an image model handed a TextSpec
         raise ConfigError(f"model {cfg.name!r} cannot be built for this store's examples ({type(spec).__name__}: "

@@ -74,6 +74,8 @@ class TextCNN(nn.Module):
 
     def __init__(self, vocab_size: int, num_classes: int, dim: int = 64, channels: int = 128, kernel: int = 3):
         super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel={kernel} must be odd (3, 5, ...) so each position sees as many tokens on both sides")
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.conv1 = nn.Conv1d(dim, channels, kernel, padding=kernel // 2)
         self.conv2 = nn.Conv1d(channels, channels, kernel, padding=kernel // 2)

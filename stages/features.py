@@ -59,7 +59,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             feats, meta = embedding_features(args.from_scores, task, args.components or None,
                                              uncertainty=not args.no_uncertainty)
         elif task.name == "text_classification":
-            feats = task.features(components=args.components or 64)
+            if args.components == 0:
+                from selectkit.validation import UsageError
+
+                raise UsageError("--components 0 keeps every column of a proxy's embeddings; a text store's TF-IDF "
+                                 "has one column per word: pass a number of SVD components (e.g. 64)")
+            feats = task.features(components=args.components)
             meta = {"kind": "tf-idf", "components": int(feats.shape[1])}
         else:
             feats = task.features(downsample=args.downsample)

@@ -96,7 +96,7 @@ def test_svp_against_random_per_fraction():
     from selectkit.methods.svp.report import vs_random, vs_random_markdown
 
     def m(err, t):
-        return {"final_test_error": {"mean": err}, "time_to_target": {"1.1x": {"mean_s": t}}}
+        return {"final_test_error": {"mean": err}, "time_to_target": {"1.1x": {"end_to_end_s": t}}}
 
     summary = {"targets": {"1.1x": 0.1, "1.2x": 0.2},
                "methods": {"traditional": m(0.1, 10.0), "svp-0.3": m(0.12, 4.0), "random-0.3": m(0.11, 8.0),

@@ -316,3 +316,42 @@ def test_wordnet_counts():
     texts, labels, _ = read_wordnet(DataConfig(source="wordnet"))
     counts = np.bincount(labels, minlength=45)
     assert len(texts) == 117_659 and len(counts) == 45 and counts.min() == 42 and counts.max() == 14_435
+
+
+def test_reviewed_edge_cases(make_text, tmp_path):
+    # a JSON string holding U+2028 and a CSV field holding a newline stay one record each
+    rows = text_rows(30) + [("a dog\u2028with a tail", "animal")]
+    meta = prepare(_cfg(make_text(rows=rows)), tmp_path / "j")
+    assert meta["splits"]["train"]["size"] + meta["splits"]["test"]["size"] == 31
+    p = make_text(rows=text_rows(30) + [("a saw\nwith a blade", "tool")], fmt="csv")
+    meta = prepare(_cfg(p), tmp_path / "c")
+    assert meta["splits"]["train"]["size"] + meta["splits"]["test"]["size"] == 31
+    # a byte-order mark before the CSV header
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    prepare(_cfg(bom), tmp_path / "b")
+    # one class only: named before any training
+    with pytest.raises(UsageError, match="at least 2 classes.*data.label_column"):
+        prepare(_cfg(make_text(rows=[(t, "food") for t, _ in text_rows(20)], name="one.jsonl")), tmp_path / "o")
+    # a misnamed label column is named as such
+    with pytest.raises(UsageError, match="no key 'topic'.*data.label_column"):
+        prepare(_cfg(make_text(20), label_column="topic"), tmp_path / "l")
+    # an empty text without a label is dropped, not reported as a missing label
+    meta = prepare(_cfg(make_text(rows=text_rows(30) + [("", None)], name="e.jsonl")), tmp_path / "e")
+    assert meta["dropped_empty"] == {"all": 1}
+    # a bad suffix of the test file names data.test_path
+    with pytest.raises(UsageError, match="data.test_path="):
+        prepare(_cfg(make_text(30), test_path=str(make_text(10, seed=3, name="test.txt"))), tmp_path / "t")
+
+
+def test_model_positions_cover_the_longest_test_text(make_text, tmp_path):
+    train = make_text(rows=text_rows(40, max_words=8), name="train.jsonl")
+    test = make_text(rows=[(" ".join(["dog"] * 30), "animal"), ("a hammer", "tool"), ("bread", "food")],
+                     name="test.jsonl")
+    prepare(_cfg(train, test_path=str(test)), tmp_path / "s")
+    store = Store(tmp_path / "s")
+    task = task_for(store)
+    assert task.spec.max_length == 30 > store.train.lengths().max()
+    cfg = tiny_train_cfg(model={"name": "transformer", "args": {"dim": 8, "heads": 2, "ff": 8}}, epochs=1,
+                         input={"batch_size": 16})
+    assert np.isfinite(Trainer(store, cfg).fit().metrics["final_test_error"])

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -91,7 +92,7 @@ def check_text_source(cfg: DataConfig) -> None:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"data.{key}={p!r}: no such file. Expected a JSON Lines (.jsonl) or CSV "
                                         f"(.csv) file with columns {cfg.text_column!r} and {cfg.label_column!r}")
-            text_format(cfg, p)
+            text_format(cfg, p, f"data.{key}")
     if cfg.tokenizer is not None and not tokenizer_file(cfg.tokenizer).is_file():
         raise FileNotFoundError(f"data.tokenizer={cfg.tokenizer!r}: no tokenizer.json there. Pass a text store "
                                 f"directory or a tokenizer.json file, or null to train one on the train split")
@@ -102,7 +103,7 @@ def tokenizer_file(path: str | Path) -> Path:
     return p / "tokenizer.json" if p.is_dir() else p
 
 
-def text_format(cfg: DataConfig, path: str | Path) -> str:
+def text_format(cfg: DataConfig, path: str | Path, key: str = "data.path") -> str:
     if cfg.format != "auto":
         return cfg.format
     suffix = Path(path).suffix.lower()
@@ -110,12 +111,14 @@ def text_format(cfg: DataConfig, path: str | Path) -> str:
         return "jsonl"
     if suffix in (".csv", ".tsv"):
         return "csv"
-    raise UsageError(f"data.path={str(path)!r}: cannot tell the format from the suffix {suffix!r}: name the file "
+    raise UsageError(f"{key}={str(path)!r}: cannot tell the format from the suffix {suffix!r}: name the file "
                      f".jsonl or .csv, or set data.format: jsonl | csv")
 
 
 def _decode(path: Path, encoding: str) -> str:
     raw = path.read_bytes()
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8") and raw.startswith(b"\xef\xbb\xbf"):
+        encoding = "utf-8-sig"  # a byte-order mark (as spreadsheet programs write) is not part of the header
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as e:
@@ -136,7 +139,10 @@ def _read_rows(cfg: DataConfig, path: Path) -> Tuple[List[Any], List[Any]]:
     labels: List[Any] = []
     tc, lc = cfg.text_column, cfg.label_column
     if fmt == "jsonl":
-        for n, line in enumerate(data.splitlines(), 1):
+        # only \n ends a record: str.splitlines would also split on U+2028, U+0085 and other
+        # characters that JSON strings may hold unescaped
+        for n, line in enumerate(data.split("\n"), 1):
+            line = line.rstrip("\r")
             if not line.strip():
                 continue
             try:
@@ -146,13 +152,15 @@ def _read_rows(cfg: DataConfig, path: Path) -> Tuple[List[Any], List[Any]]:
             if not isinstance(row, dict):
                 raise UsageError(f"{path}:{n}: a JSON {type(row).__name__}, not an object with keys "
                                  f"{tc!r} and {lc!r}")
-            if tc not in row and not texts:
-                raise UsageError(f"{path}:{n} has no key {tc!r} (keys: {sorted(row)}): set data.text_column")
+            for key, name in ((tc, "text_column"), (lc, "label_column")):
+                if key not in row and not texts:
+                    raise UsageError(f"{path}:{n} has no key {key!r} (keys: {sorted(row)}): set data.{name}")
             texts.append(row.get(tc))
             labels.append(row.get(lc))
     else:
         delimiter = "\t" if Path(path).suffix.lower() == ".tsv" else ","
-        reader = csv.DictReader(data.splitlines(), delimiter=delimiter)
+        # the csv module's own line handling: quoted fields may hold newlines
+        reader = csv.DictReader(io.StringIO(data, newline=""), delimiter=delimiter)
         cols = reader.fieldnames or []
         for key, name in ((tc, "text_column"), (lc, "label_column")):
             if key not in cols:
@@ -192,13 +200,35 @@ def _encode_labels(labels: List[Any], class_names: List[str], where: str, fix: s
     return np.array([index[k] for k in keys], dtype=np.int64)
 
 
-def _drop_empty(texts: List[Any], y: np.ndarray, cfg: DataConfig, where: str) -> Tuple[List[str], np.ndarray, np.ndarray, int]:
+def _drop_empty(texts: List[Any], labels: Any, cfg: DataConfig, where: str, names: Optional[List[str]] = None,
+                fix: str = "") -> Tuple[List[str], np.ndarray, np.ndarray, int]:
+    """(texts, labels, source rows, number dropped): empty texts dropped (or refused) before
+    the labels of the rest are encoded (``names`` given) or taken as they are."""
     bad = [i for i, t in enumerate(texts) if t is None or not str(t).strip()]
     if bad and cfg.empty == "error":
         raise UsageError(f"{where}: rows {bad[:10]} ({len(bad)} in all) have empty or whitespace-only texts: remove "
                          f"them, or set data.empty: drop to drop and count them")
     keep = np.setdiff1d(np.arange(len(texts)), np.array(bad, dtype=np.int64))
-    return [str(texts[i]) for i in keep], y[keep], keep.astype(np.int64), len(bad)
+    if names is None:
+        y = np.asarray(labels)[keep]
+    else:  # rows are named by their position in the file, dropped ones included
+        y = np.zeros(len(keep), dtype=np.int64)
+        if len(keep):
+            kept_labels = [labels[i] for i in keep]
+            try:
+                y = _encode_labels(kept_labels, names, where, fix)
+            except UsageError as e:
+                raise UsageError(_renumber(str(e), keep)) from None
+    return [str(texts[i]) for i in keep], y, keep.astype(np.int64), len(bad)
+
+
+def _renumber(message: str, keep: np.ndarray) -> str:
+    """A label error's row list given in file rows, not in positions among the kept rows."""
+    m = re.search(r"rows \[([0-9, ]*)\]", message)
+    if not m:
+        return message
+    rows = [int(keep[int(v)]) for v in m.group(1).split(",") if v.strip()]
+    return message[:m.start()] + f"rows {rows}" + message[m.end():]
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -259,11 +289,9 @@ def read_text_source(cfg: DataConfig) -> TextSource:
         present = [labels[i] for i, t in enumerate(texts) if labels[i] is not None]
         names = _natural(sorted({_label_key(v) for v in present if not (isinstance(v, str) and not v.strip())}))
         fix = "every test label must occur in the train file; list every class in data.class_names"
-    y = _encode_labels(labels, names, str(path), fix)
-    tr_texts, tr_y, tr_rows, drop = _drop_empty(texts, y, cfg, str(path))
+    tr_texts, tr_y, tr_rows, drop = _drop_empty(texts, labels, cfg, str(path), names, fix)
     if test is not None:
-        ty = _encode_labels(test[1], names, str(cfg.test_path), fix)
-        te_texts, te_y, te_rows, te_drop = _drop_empty(test[0], ty, cfg, str(cfg.test_path))
+        te_texts, te_y, te_rows, te_drop = _drop_empty(test[0], test[1], cfg, str(cfg.test_path), names, fix)
         dropped = {"train": drop, "test": te_drop}
         desc = f"text:{path.resolve()}+{Path(cfg.test_path).resolve()}"  # type: ignore[arg-type]
     else:
@@ -347,6 +375,11 @@ def write_text_store(cfg: DataConfig, out: str | Path) -> Dict[str, Any]:
     from selectkit.store import FORMAT_VERSION, fingerprint_arrays, fresh_dir, holdout_split, replace_dir
 
     src = read_text_source(cfg)
+    present = np.unique(src.train_y)
+    if len(present) < 2:
+        raise UsageError(f"{src.description}: every train example has label "
+                         f"{src.class_names[int(present[0])] if len(present) else None!r}: a classifier needs at least "
+                         f"2 classes; check data.label_column={cfg.label_column!r}")
     if not src.train_texts or not src.test_texts:
         raise UsageError(f"{src.description}: the {'train' if not src.train_texts else 'test'} split is empty after "
                          f"dropping empty texts: give more rows, or a larger data.test_fraction")
@@ -402,7 +435,8 @@ def write_text_store(cfg: DataConfig, out: str | Path) -> Dict[str, Any]:
         "class_names": list(src.class_names),
         "num_classes": len(src.class_names),
         "tokenizer": {"file": "tokenizer.json", "sha256": tok_sha, "kind": "WordLevel", "source": tok_source,
-                      "vocab_size": int(tok.get_vocab_size()), "lowercase": cfg.lowercase,
+                      "vocab_size": int(tok.get_vocab_size()),
+                      "lowercase": cfg.lowercase if not cfg.tokenizer else "as in the reused tokenizer",
                       "pad_id": PAD_ID, "unk_id": UNK_ID},
         "max_length": cfg.max_length,
         "dropped_empty": src.dropped_empty,

@@ -26,7 +26,7 @@ class TextSpec:
 
     Attributes:
         vocab_size: token ids lie in [0, vocab_size); 0 is padding.
-        max_length: the store's longest example, in tokens (``data.max_length`` at most).
+        max_length: the store's longest example (train or test), in tokens (``data.max_length`` at most).
         batch_length: the typical padded length of a training batch (cost measurement).
     """
 
@@ -125,7 +125,9 @@ class TextClassification(Task):
         full = len(order) // batch_size
         widths = (self._lengths[order[:full * batch_size].reshape(full, batch_size)].max(axis=1) if full
                   else self._lengths.max(keepdims=True))
-        self.spec = TextSpec(int(store.meta["tokenizer"]["vocab_size"]), int(max(self._lengths.max(), 1)),
+        # the longest example of either split: a model sized by it (positions) fits the test split too
+        longest = max(int(self._lengths.max()), int(store.test.lengths().max()), 1)
+        self.spec = TextSpec(int(store.meta["tokenizer"]["vocab_size"]), longest,
                              max(int(round(float(widths.mean()))), 1))
 
     def lengths(self) -> np.ndarray:
