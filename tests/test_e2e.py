@@ -443,8 +443,8 @@ data:
   min_frequency: 1
   max_length: 16
 seeds: [0]
-methods: [traditional, sb, autoassist, svp-50, random-50]
-kinds: [svp, random]
+methods: [traditional, sb, autoassist, svp-50]
+kinds: [svp]
 fractions: [0.5]
 train:
   model: {{name: textcnn, args: {{dim: 16, channels: 16}}}}
@@ -452,7 +452,7 @@ train:
   lr: 0.01
   weight_decay: 0.0
   input: {{batch_size: 32, prefetch: 1, group_by_length: 4}}
-  epochs: 3
+  epochs: 2
   eval_every: 0
   eval_every_s: 0.05
   threads: 1
@@ -461,8 +461,7 @@ method:
   sb: {{methods: {{sb: {{beta: 2.0, selection_batch_size: 32}}}}}}
   autoassist: {{methods: {{autoassist: {{features: data/features, accuracy_ema: 0.2}}}}}}
   svp-50: {{input: {{subset: data/subsets/svp-0.5}}, label: svp-0.5}}
-  random-50: {{input: {{subset: data/subsets/random-0.5}}, label: random-0.5}}
-  proxy: {{model: {{name: fasttext, args: {{dim: 8, buckets: 64}}}}, epochs: 2, label: proxy}}
+  proxy: {{model: {{name: fasttext, args: {{dim: 8, buckets: 64}}}}, epochs: 1, label: proxy}}
 score: {{batch_size: 100}}
 choose: {{metric: entropy, rule: single}}
 tracking:
@@ -476,8 +475,9 @@ report:
 
 def test_text_pipeline_runs_svp_sb_and_autoassist(repo):
     """The text pipeline's dvc.yaml on the tests' own tiny texts (JSON Lines): tokenise, TF-IDF
-    features, a fastText proxy -> scores -> SVP and random subsets, and a 1-D CNN target under
-    Traditional, SB, AutoAssist and on each subset; then the report."""
+    features, a fastText proxy -> scores -> an SVP subset, and a 1-D CNN target under Traditional,
+    SB, AutoAssist and on the subset; then the report (kept small: the suite's time budget; the
+    random baseline's comparison is tested in test_svp.py)."""
     from conftest import text_rows
 
     d, experiment = repo
@@ -493,17 +493,15 @@ def test_text_pipeline_runs_svp_sb_and_autoassist(repo):
     feats = json.loads((p / "data/features/features.json").read_text())
     assert feats["kind"] == "tf-idf" and feats["rows"] == n
     trad = json.loads((p / "runs/traditional-0/run.json").read_text())
-    assert trad["examples_backpropagated"] == 3 * n and trad["final_test_error"] < 0.5 and trad["task"] == meta["task"]
+    assert trad["examples_backpropagated"] == 2 * n and trad["final_test_error"] < 0.6 and trad["task"] == meta["task"]
     sb = json.loads((p / "runs/sb-0/run.json").read_text())["counters"]
-    assert sb["sb/candidates"] == sb["sb/selection_forwarded"] == 3 * n and sb["sb/kept"] < 2 * n
+    assert sb["sb/candidates"] == sb["sb/selection_forwarded"] == 2 * n and sb["sb/kept"] < 2 * n
     aa = json.loads((p / "runs/autoassist-0/run.json").read_text())["counters"]
-    assert aa["aa/candidates"] == 3 * n and aa["aa/updates"] > 0
-    for kind in ("svp", "random"):
-        ids = np.load(p / f"data/subsets/{kind}-0.5/ids.npy")
-        m = json.loads((p / f"runs/{kind}-50-0/run.json").read_text())
-        assert len(ids) == n // 2 and m["examples_backpropagated"] == 3 * len(ids) and m["label"] == f"{kind}-0.5"
+    assert aa["aa/candidates"] == 2 * n and aa["aa/updates"] > 0
+    ids = np.load(p / "data/subsets/svp-0.5/ids.npy")
+    m = json.loads((p / "runs/svp-50-0/run.json").read_text())
+    assert len(ids) == n // 2 and m["examples_backpropagated"] == 2 * len(ids) and m["label"] == "svp-0.5"
     summary = json.loads((p / "report/summary.json").read_text())
-    assert set(summary["methods"]) == {"traditional", "sb", "autoassist", "svp-0.5", "random-0.5"}
+    assert set(summary["methods"]) == {"traditional", "sb", "autoassist", "svp-0.5"}
     assert -1 <= summary["svp"]["spearman_with_target"]["runs/proxy"] <= 1
     assert summary["costs"] and "Spearman" in (p / "report/summary.md").read_text()
-    assert set(summary["svp"]["vs_random"]) == {"0.5"}
