@@ -8,7 +8,10 @@ from typing import Dict
 
 import torch
 
-PHASES = ("data", "selection", "forward", "backward", "optimizer", "evaluation", "checkpoint", "other")
+# "sync" (agreeing with the other ranks, waiting for them included) and "idle" (zero-weight
+# steps after this rank's shard ran out) are spent only under several processes
+PHASES = ("data", "selection", "forward", "backward", "optimizer", "sync", "idle", "evaluation", "checkpoint",
+          "other")
 
 
 class PhaseClock:

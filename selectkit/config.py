@@ -170,6 +170,13 @@ class TrainConfig:
     eval_batch_size: int = 1000
     log_every: int = 50  # steps between training-loss points
     checkpoint_every: int = 500  # steps between checkpoints (also at each epoch end)
+    # Processes training together with DistributedDataParallel (gloo on the CPU, nccl on CUDA,
+    # one GPU each). > 1: the train stage launches itself under torchrun; a run already started
+    # by torchrun takes its size from there. input.batch_size is per process.
+    processes: int = 1
+    # How long a collective waits for another rank (its evaluation and writes included) before
+    # the run fails; a rank that dies fails the run at once (torchrun stops the others).
+    dist_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         _choice("train.optimizer", self.optimizer, ["sgd", "adam"])
@@ -192,6 +199,9 @@ class TrainConfig:
             _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), ">= 0")
         _check(self.eval_every_s >= 0, "train.eval_every_s", self.eval_every_s, ">= 0 seconds")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
+        _check(isinstance(self.processes, int) and self.processes >= 1, "train.processes", self.processes,
+               "an integer >= 1 (processes under torchrun)")
+        _check(self.dist_timeout_s > 0, "train.dist_timeout_s", self.dist_timeout_s, "> 0 seconds")
         # name -> the method's typed config, in stack order; each method checks itself against
         # the rest of the run (e.g. SB's selection batch against input.batch_size)
         self.methods = parse_stack(self.methods, "train.methods")

@@ -15,6 +15,11 @@ the stream. It hands each trained batch's per-example losses back through ``obse
 feeds the shared LossTable once and then every method's listener. ``state_dict`` holds the
 loader's state, the loss table and the listeners' state; counters are read from that state,
 so they count what the consumer received, not what a prefetch thread ran ahead to.
+
+Under several processes (``share=True``) each rank's graph filters its own shard, and the
+graph's Exchange carries the trained losses, the loss table's writes and the methods' own
+channels between ranks once per step (``sync``, called by the trainer), so every rank's table,
+listeners and SB window see every rank's losses.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+import torch
 from torchdata.nodes import BaseNode, Loader, Mapper, PinMemory, Prefetcher
 
+from selectkit.exchange import Exchange
 from selectkit.losstable import LossTable
 from selectkit.methods import MethodStack
 from selectkit.methods.base import MethodContext
@@ -67,15 +74,18 @@ class InputGraph:
         candidate_batch_size: ids per sampled batch.
     """
 
-    LOADER_KEY, TABLE_KEY, LISTENERS_KEY = "loader", "loss_table", "listeners"
+    LOADER_KEY, TABLE_KEY, LISTENERS_KEY, EXCHANGE_KEY = "loader", "loss_table", "listeners", "exchange"
 
     def __init__(self, loader: Loader, root: BaseNode, loss_table: Optional[LossTable],
-                 listeners: List[Tuple[str, Any]], candidate_batch_size: int):
+                 listeners: List[Tuple[str, Any]], candidate_batch_size: int, exchange: Optional[Exchange] = None):
         self.loader, self.root, self.loss_table = loader, root, loss_table
         self.listeners = listeners
         self.candidate_batch_size = candidate_batch_size
         self._started = False  # an epoch has been asked for
         self._pending: Optional[Dict[str, Any]] = None  # a loader state loaded, not iterated yet
+        self.exchange = exchange if exchange is not None else Exchange(live=False)
+        self._trained = self.exchange.channel("trained", self._observe_remote)
+        self._step = 0
 
     def __iter__(self):
         """One epoch (or the rest of a restored one)."""
@@ -96,16 +106,33 @@ class InputGraph:
 
     def observe(self, ids, losses, step: int = 0) -> None:
         """Hand back one trained batch's per-example losses (a float32 CPU tensor, one per id):
-        the loss table first, then every method's listener."""
+        the loss table first, then every method's listener (and, shared, the other ranks)."""
+        self._observe_local(ids, losses, step)
+        if self.exchange.live and self.listens:
+            self._trained.send(np.stack([np.asarray(ids, dtype=np.float64), losses.numpy()], axis=1))
+
+    def _observe_local(self, ids, losses, step: int) -> None:
+        self._step = step
         if self.loss_table is not None:
             self.loss_table.observe(ids, losses, step)
         for _, listener in self.listeners:
             listener(ids, losses, step)
 
+    def _observe_remote(self, values: np.ndarray) -> None:
+        pairs = values.reshape(-1, 2)  # (id, loss) rows of the other ranks' trained batches
+        self._observe_local(torch.from_numpy(pairs[:, 0].astype(np.int64)),
+                            torch.from_numpy(pairs[:, 1].astype(np.float32)), self._step)
+
+    def sync(self, header) -> np.ndarray:
+        """Exchange this step's flags and losses with the other ranks (a collective; alone it
+        returns ``header`` as one row): see selectkit.exchange."""
+        return self.exchange.sync(header)
+
     def state_dict(self) -> Dict[str, Any]:
         return {self.LOADER_KEY: self._loader_state(),
                 self.TABLE_KEY: None if self.loss_table is None else self.loss_table.state_dict(),
-                self.LISTENERS_KEY: {name: l.state_dict() for name, l in self.listeners if hasattr(l, "state_dict")}}
+                self.LISTENERS_KEY: {name: l.state_dict() for name, l in self.listeners if hasattr(l, "state_dict")},
+                **({self.EXCHANGE_KEY: self.exchange.state_dict()} if self.exchange.live else {})}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore a ``state_dict``; the loader's part takes effect at the next ``iter``."""
@@ -122,6 +149,7 @@ class InputGraph:
         for name, listener in self.listeners:
             if hasattr(listener, "load_state_dict"):
                 listener.load_state_dict(state[self.LISTENERS_KEY][name])
+        self.exchange.load_state_dict(state.get(self.EXCHANGE_KEY, {}))
 
     def counters(self) -> Dict[str, float]:
         """Every method's counters, as of the batches handed out so far (namespaced keys);
@@ -200,7 +228,7 @@ def candidate_ids(task, subset: Optional[str | Path | np.ndarray], split: str = 
 def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: int, seed: int = 0,
                       model=None, augment: str = "none", prefetch: int = 2, pin_memory: bool = False,
                       drop_last: bool = False, epochs: int = 1, rank: int = 0, world_size: int = 1,
-                      group_by_length: int = 0) -> InputGraph:
+                      group_by_length: int = 0, share: bool = False) -> InputGraph:
     """The input graph for a method stack, as a checkpointable InputGraph.
 
     Args:
@@ -217,13 +245,18 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
         epochs: planned epochs (methods check warm-ups against it).
         rank, world_size: this process's shard of every epoch's permutation.
         group_by_length: batches per length-sorting window of the sampler (text; 0: off).
+        share: exchange losses with the other ranks of a running process group (the trainer's
+            ``sync`` each step); off, each rank's methods learn from their own shard only.
     """
     cand = batch_size
     for method, mcfg in stack:
         cand = method.candidate_batch_size(mcfg, cand)
+    exchange = Exchange(live=share)
     table = LossTable(len(task)) if any(m.uses_loss_table for m, _ in stack) else None
+    if table is not None:
+        table.share(exchange)
     ctx = MethodContext(task=task, seed=seed, batch_size=batch_size, candidate_batch_size=cand, epochs=epochs,
-                        model=model, loss_table=table)
+                        model=model, loss_table=table, exchange=exchange)
     node: BaseNode = IdBatchSampler(ids, cand, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
                                     lengths=task.lengths() if group_by_length else None, group=group_by_length)
     for method, mcfg in stack:
@@ -237,4 +270,4 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
     for method, mcfg in stack:
         if method.slot in ("batches", "weight"):
             node = method.build(node, ctx, mcfg)
-    return InputGraph(Loader(node, restart_on_stop_iteration=False), node, table, ctx.listeners, cand)
+    return InputGraph(Loader(node, restart_on_stop_iteration=False), node, table, ctx.listeners, cand, exchange)

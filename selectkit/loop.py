@@ -44,7 +44,10 @@ class SelectiveLoader:
         epochs: the epochs you plan to run (methods with a warm-up or an annealing phase, such as
             InfoBatch's ``delta``, count against it).
         device: where your model lives (default: its parameters' device).
-        rank, world_size: this process's shard (default: one process).
+        rank, world_size: this process's shard (default: one process). In your own DDP loop each
+            rank's methods then learn from its own shard's losses, and agreeing on the number of
+            steps is your loop's business; ``selectkit.train.Trainer`` does both (README,
+            "More than one process").
 
     Raises:
         ConfigError: an unknown method, a key of another method, two methods in one slot.

@@ -31,17 +31,31 @@ class LossTable:
             raise ValueError(f"{num_examples=} should be >= 1")
         self.num_examples = num_examples
         self.values = np.full(num_examples, np.nan, dtype=np.float32)
+        self._channel = None
+
+    def share(self, exchange) -> None:
+        """Send the losses methods write (``update``) to the other ranks and apply theirs: under
+        several processes every rank's table holds every rank's losses. (The trainer's own
+        losses reach the other ranks through the graph, with the listeners'.)"""
+        self._channel = exchange.channel("loss_table", self._receive)
+
+    def _receive(self, values: np.ndarray) -> None:
+        pairs = values.reshape(-1, 2)  # (id, loss) rows: what several sends concatenate to
+        self.values[pairs[:, 0].astype(np.int64)] = pairs[:, 1]
 
     def __getitem__(self, ids) -> np.ndarray:
         """Losses of ``ids`` (a copy; NaN where none is known)."""
         return self.values[as_numpy(ids)]
 
     def update(self, ids, losses) -> None:
-        self.values[as_numpy(ids)] = as_numpy(losses)
+        ids, losses = as_numpy(ids), as_numpy(losses)
+        self.values[ids] = losses
+        if self._channel is not None:
+            self._channel.send(np.stack([ids, losses], axis=1))
 
     def observe(self, ids, losses, step: int) -> None:
         """Loss listener: the trainer's training forward refreshes the rows it trained on."""
-        self.update(ids, losses)
+        self.values[as_numpy(ids)] = as_numpy(losses)
 
     def known(self) -> int:
         """How many examples have a loss."""

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from selectkit.methods import METHODS
 
 TIME_PHASES = ("data", "selection", "forward", "backward", "optimizer", "other")
+DIST_PHASES = ("sync", "idle")  # shown only when a run spent time there (several processes)
 RUN_FILE = "run.json"  # a training run's full summary, written by stages/train.py
 CURVE_FILE = "curve.csv"  # its evaluation points
 
@@ -164,7 +165,7 @@ def summarise(runs: List[Dict[str, Any]], baseline: str, targets: Sequence[float
             "examples_forwarded": _ms([r["examples_forwarded"] for r in rs]),
             "examples_backpropagated": _ms([r["examples_backpropagated"] for r in rs]),
             **({"kept_fraction": _ms([r["kept_fraction"] for r in rs])} if all("kept_fraction" in r for r in rs) else {}),
-            "seconds": {p: mean(r["seconds"].get(p, 0.0) for r in rs) for p in TIME_PHASES},
+            "seconds": {p: mean(r["seconds"].get(p, 0.0) for r in rs) for p in TIME_PHASES + DIST_PHASES},
             # cached upstream stages (SVP proxies, an irreducible-loss model) each run consumed
             "upstream_s": mean(r.get("upstream_s", 0.0) for r in rs),
             "time_to_target": {},
@@ -251,11 +252,14 @@ def markdown(summary: Dict[str, Any]) -> str:
                  + ", ".join(f"{c['ratio']:.2f}" for c in summary["costs"].values()) + ").")
     lines.append(text)
     split = []
+    phases = TIME_PHASES + tuple(p for p in DIST_PHASES
+                                 if any(m["seconds"].get(p, 0.0) for m in summary["methods"].values()))
     for label, m in summary["methods"].items():
-        tot = sum(m["seconds"].values()) or 1.0
-        split.append(f"| {label} | " + " | ".join(f"{100 * m['seconds'][p] / tot:.0f} %" for p in TIME_PHASES) + " |")
+        tot = sum(m["seconds"].get(p, 0.0) for p in phases) or 1.0
+        split.append(f"| {label} | " + " | ".join(f"{100 * m['seconds'].get(p, 0.0) / tot:.0f} %" for p in phases)
+                     + " |")
     lines += ["", "Time split of training wall-clock ('selection' is selection forwards of the live model):", "",
-              "| method | " + " | ".join(TIME_PHASES) + " |", "|" + "---|" * (len(TIME_PHASES) + 1), *split]
+              "| method | " + " | ".join(phases) + " |", "|" + "---|" * (len(phases) + 1), *split]
     lines += end_to_end_markdown(summary)
     for method in METHODS.values():
         by_label = {label: m["method_figures"][method.name] for label, m in summary["methods"].items()

@@ -5,6 +5,17 @@ different Task: the loop speaks only to the task, the graph and the model.
 Read top to bottom: build model, optimizer and input graph; restore a checkpoint if asked;
 then for each batch the graph yields: forward, per-example losses (handed back to the graph),
 backward, optimizer step; evaluate and checkpoint on schedule.
+
+Under ``torchrun`` (``train.processes`` > 1) the same loop runs in every process on its shard
+of the candidates, with the model in DistributedDataParallel. Selection leaves the ranks with
+different numbers of batches, so before each step the ranks agree (one all-gather, which also
+carries their losses, see selectkit.exchange) on whether anyone still has a batch, on the
+learning-rate progress, and on stopping, evaluating and checkpointing. A rank whose shard ran
+out takes a zero-weight step (forward and backward of a fixed batch, loss times 0) so that
+DDP's gradient all-reduce never waits, and the ranks still training scale their loss by
+world size / active ranks: the step's gradient is then the mean over the active ranks' batches
+and no kept example is dropped. Rank 0 evaluates and writes; a checkpoint holds every rank's
+input-graph state and resumes with the same number of processes.
 """
 
 from __future__ import annotations
@@ -37,13 +48,28 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU. Under several processes on CUDA each
+    takes the GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but no CUDA device is available: use auto or cpu")
+    if dev.type == "cuda" and dev.index is None and dist.launched():
+        dev = torch.device("cuda", dist.local_rank())
+        if dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"process {dist.local_rank()} of this machine has no GPU of its own: {torch.cuda.device_count()} "
+                              f"visible; run at most that many processes per machine (train.processes or "
+                              f"torchrun --nproc_per_node)")
     return dev
+
+
+# TrainConfig keys a checkpoint may differ in and still resume (the world size is checked on its own)
+_RESUME_FREE = ("processes", "dist_timeout_s")
+
+
+def _resume_key(config: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in _RESUME_FREE}
 
 
 @dataclass
@@ -80,23 +106,39 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if dist.launched() and cfg.processes > 1 and cfg.processes != dist.world_size():
+            raise ConfigError(f"train.processes={cfg.processes} but torchrun started {dist.world_size()} processes: "
+                              f"set train.processes: {dist.world_size()} (or 1: take the size from torchrun)")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.distributed = dist.init(self.device.type, cfg.dist_timeout_s)
+        self.main = dist.is_main_process()
         self.task = task_for(store, channels_last=cfg.channels_last, batch_size=cfg.input.batch_size,
                              group_by_length=cfg.input.group_by_length)
         torch.manual_seed(cfg.seed)
         self.model = self.task.prepare_model(make_model(cfg.model, self.task), self.device)
         self.optimizer = make_optimizer(self.model, cfg)
+        # the training forward's module: DDP all-reduces gradients in backward (and broadcasts
+        # rank 0's parameters now and its buffers each forward); selection scores the bare model
+        self.net = self.model
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.device.type == "cuda" and cfg.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             self.amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.handle = ModelHandle(self.model, self.task, self.device, self.autocast)
+        self.ids = ids if ids is not None else candidate_ids(self.task, cfg.input.subset, cfg.input.split)
         self.graph = build_input_graph(
-            self.task, cfg.stack, ids if ids is not None else candidate_ids(self.task, cfg.input.subset, cfg.input.split),
+            self.task, cfg.stack, self.ids,
             batch_size=cfg.input.batch_size, seed=cfg.seed, model=self.handle, augment=cfg.input.augment,
             prefetch=cfg.input.prefetch, pin_memory=self.device.type == "cuda", drop_last=cfg.input.drop_last,
             epochs=cfg.epochs, rank=dist.rank(), world_size=dist.world_size(),
-            group_by_length=cfg.input.group_by_length)
+            group_by_length=cfg.input.group_by_length, share=self.distributed)
         self.model_sig = model_signature(cfg.model)
         self.p = _Progress()
         self.clock = PhaseClock(self.device)
@@ -108,6 +150,10 @@ class Trainer:
         self._done = 0.0  # fraction of training done at the last step
         self._epochs_done = 0.0  # epochs of candidates covered, fractional (budget runs stop inside one)
         self._warned_checkpoint = False
+        self._budget_hit = False  # under several processes: rank 0's clock ran out (agreed)
+        self._idle_steps = 0  # zero-weight steps this rank took after its shard ran out
+        self._unsynced = 0  # examples this rank trained since the ranks last agreed
+        self._shadow: Optional[Dict[str, Any]] = None  # the batch of those steps
 
     # ---------------------------------------------------------------- checkpoint and resume
     def _state(self, complete: bool = False) -> Dict[str, Any]:
@@ -121,17 +167,43 @@ class Trainer:
             "step": self.p.step, "epoch": self.p.epoch, "counters": dict(self.p.counters),
             "history": list(self.p.history), "seconds": dict(self.clock.seconds), "complete": complete,
             "tracking_run_id": getattr(self.tracker, "run_id", None), "epochs_done": self._epochs_done,
+            "world_size": dist.world_size() if self.distributed else 1,
         }
 
+    def _rank_state(self) -> Dict[str, Any]:
+        return {"graph": self.graph.state_dict(), "idle_steps": self._idle_steps, "unsynced": self._unsynced,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}}
+
     def save(self, complete: bool = False) -> None:
-        if self.checkpoint_path is None or not dist.is_main_process():
+        """Checkpoint (rank 0 writes). Under several processes a collective: every rank hands
+        rank 0 its graph state (losses not yet sent to the others included) and RNG, and waits
+        until the file is written (a rank that resumes next reads it)."""
+        if self.checkpoint_path is None:
             return
-        save_checkpoint(self.checkpoint_path, self._state(complete))
+        if self.distributed:
+            ranks = dist.gather_object(self._rank_state())
+            if self.main:
+                state = self._state(complete)
+                state["ranks"] = ranks
+                save_checkpoint(self.checkpoint_path, state)
+            dist.barrier()
+        elif self.main:
+            save_checkpoint(self.checkpoint_path, self._state(complete))
         self.clock.lap("checkpoint")
 
     def _resumable(self, ckpt: Dict[str, Any]) -> bool:
-        return (ckpt["config"] == to_dict(self.cfg) and not ckpt["complete"]
+        return (_resume_key(ckpt["config"]) == _resume_key(to_dict(self.cfg)) and not ckpt["complete"]
                 and ckpt["store_fingerprint"] == self.store.fingerprint)
+
+    def _check_world(self, ckpt: Dict[str, Any], path) -> None:
+        """A checkpoint resumes with the number of processes that wrote it (each rank's sampler,
+        selection and buffers belong to its shard)."""
+        saved, now = int(ckpt.get("world_size", 1)), dist.world_size() if self.distributed else 1
+        if saved != now:
+            raise UsageError(f"checkpoint {path} was written by {saved} training process(es) but this run has {now}: "
+                             f"resume with {saved} (train.processes: {saved}, or torchrun --nproc_per_node {saved}), "
+                             f"or pass --resume never to train afresh with {now}")
 
     def resume_source(self, resume: Optional[str | Path]) -> Optional[Dict[str, Any]]:
         """The checkpoint ``fit(resume=resume)`` will continue from, read now (None when it will
@@ -141,9 +213,13 @@ class Trainer:
             return None
         if resume == "auto":
             ckpt = self._auto_checkpoint()
-            return ckpt if ckpt is not None and self._resumable(ckpt) else None
+            if ckpt is None or not self._resumable(ckpt):
+                return None
+            self._check_world(ckpt, self.checkpoint_path)
+            return ckpt
         ckpt = read_checkpoint(resume)
         check_compatible(ckpt, resume, self.model_sig, self.store.fingerprint)
+        self._check_world(ckpt, resume)
         return ckpt
 
     def _auto_checkpoint(self) -> Optional[Dict[str, Any]]:
@@ -169,13 +245,22 @@ class Trainer:
             log.info("ignoring checkpoint %s: it belongs to another config or store, or is finished", path)
             return False
         check_compatible(ckpt, path, self.model_sig, self.store.fingerprint)
+        self._check_world(ckpt, path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.graph.load_state_dict(ckpt["graph"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        if "ranks" in ckpt:  # written by several processes: this rank's own part
+            mine = ckpt["ranks"][dist.rank()]
+            self.graph.load_state_dict(mine["graph"])
+            self._idle_steps, self._unsynced = int(mine["idle_steps"]), int(mine["unsynced"])
+            torch.set_rng_state(mine["rng"]["torch"])
+            if mine["rng"]["cuda"] is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["rng"]["cuda"], self.device)
+        else:
+            self.graph.load_state_dict(ckpt["graph"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.p = _Progress(ckpt["step"], ckpt["epoch"], dict(ckpt["counters"]), list(ckpt["history"]))
         self._epochs_done = ckpt.get("epochs_done", float(ckpt["epoch"]))
         self.clock.seconds.update(ckpt["seconds"])
@@ -226,6 +311,8 @@ class Trainer:
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
     def _eval_point(self) -> None:
+        if not self.main:  # rank 0 evaluates; the others wait at the next step's agreement
+            return
         if self.p.history and self.p.history[-1]["step"] == self.p.step:
             return  # already evaluated at this step (e.g. an epoch end just before a resume)
         r = self.evaluate()
@@ -270,15 +357,19 @@ class Trainer:
             self._done = (batch["epoch"] + (batch["index"] + 1) / batch["num_batches"]) / self.cfg.epochs
         return self._done
 
-    def _step(self, batch: Dict[str, Any]) -> None:
+    def _step(self, batch: Dict[str, Any], done: Optional[float] = None, scale: float = 1.0) -> None:
+        """One training step on ``batch``; ``done`` (the agreed progress under several
+        processes, else this batch's) sets the learning rate, ``scale`` multiplies the loss."""
         x, y = self.task.to_device(batch, self.device)
         with self.autocast():
-            out = self.task.forward(self.model, x)
+            out = self.task.forward(self.net, x)
         losses = self.task.losses(out, y)
         weight = batch.get("weight")  # a "weight"-slot method's per-example loss weights
         if weight is not None:  # numpy from a node before loading, or a tensor
             weight = torch.as_tensor(weight, dtype=losses.dtype).to(self.device, non_blocking=True)
         loss = losses.mean() if weight is None else (losses * weight).mean()
+        if scale != 1.0:
+            loss = loss * scale
         self.clock.lap("forward")
         check_now = self.device.type == "cpu" or self.p.step % max(self.cfg.log_every, 1) == 0
         if check_now and not torch.isfinite(loss):  # on CUDA only at log steps: this is a sync point
@@ -291,18 +382,54 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.clock.lap("backward")
-        lr = lr_at(self._progress(batch), self.cfg)
+        lr = lr_at(self._progress(batch) if done is None else done, self.cfg)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.clock.lap("optimizer")
         n = len(y)
+        self._unsynced += n
         self.p.step += 1
         self.p.counters["examples_forwarded"] += n
         self.p.counters["examples_backpropagated"] += n
         if self.tracker is not None and self.cfg.log_every and self.p.step % self.cfg.log_every == 0:
-            self.tracker.log({"train/loss": loss.item(), "train/lr": lr}, step=self.p.step)
+            self.tracker.log({"train/loss": loss.item() / scale, "train/lr": lr}, step=self.p.step)
+
+    def _idle_step(self, done: float) -> None:
+        """A step with nothing to train (this rank's shard ran out before the others'): forward
+        and backward of a fixed batch with the loss times 0, so DDP's all-reduce gets this rank's
+        (zero) gradients, then the same optimizer step as every rank. Eval mode: BatchNorm's
+        running statistics do not see the repeated batch."""
+        if self._shadow is None:
+            self._shadow = self.task.loader("none", seed=self.cfg.seed)(
+                {"ids": self.ids[:1], "epoch": 0, "index": 0, "num_batches": 1})
+        x, y = self.task.to_device(self._shadow, self.device)
+        self.model.eval()
+        try:
+            with self.autocast():
+                out = self.task.forward(self.net, x)
+            loss = self.task.losses(out, y).sum() * 0.0
+        finally:
+            self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr_at(done, self.cfg)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.p.step += 1
+        self._idle_steps += 1
+        self.clock.lap("idle")
+
+    def _count_others(self, flags: np.ndarray) -> None:
+        """The other ranks' examples trained since the last agreement (column 0 of ``flags``)
+        join this run's counts, which are then the whole run's on every rank."""
+        n = int(flags[:, 0].sum()) - self._unsynced
+        self._unsynced = 0
+        if n:
+            self.p.counters["examples_forwarded"] += n
+            self.p.counters["examples_backpropagated"] += n
 
     def _carve_selection_time(self) -> None:
         """Selection forwards run inside ``next(loader)``, through the ModelHandle: move their
@@ -341,19 +468,35 @@ class Trainer:
         elif resume is not None:
             self.resume(resume, strict=True)
         cfg = self.cfg
-        self.model.train()
+        self.net.train()
         self.clock.restart()
-        bar = self._bar = tqdm(total=None, desc=f"train {cfg.label}", disable=None, leave=False, initial=self.p.step)
+        bar = self._bar = tqdm(total=None, desc=f"train {cfg.label}", disable=None if self.main else True,
+                               leave=False, initial=self.p.step)
         self._live_bar = not bar.disable
         try:
-            self._loop(bar)
+            if self.distributed:
+                self._loop_lockstep(bar)
+            else:
+                self._loop(bar)
         finally:
             bar.close()
             self.graph.shutdown()  # stop method workers (e.g. the AutoAssist assistant), also on errors
         self._done = 1.0
         self._eval_point()
         self.save(complete=complete)
-        return TrainResult(self._summary(), list(self.p.history), self.model, self.checkpoint_path)
+        ranks = dist.gather_object(self._rank_summary()) if self.distributed else None
+        if not self.main:  # rank 0 reports the run; the others have nothing of their own to say
+            return TrainResult({}, [], self.model, self.checkpoint_path)
+        summary = self._summary()
+        if ranks is not None:
+            summary["world_size"] = len(ranks)
+            summary["ranks"] = ranks
+        return TrainResult(summary, list(self.p.history), self.model, self.checkpoint_path)
+
+    def _rank_summary(self) -> Dict[str, Any]:
+        """What one rank did: its steps with nothing to train, its methods' counters."""
+        return {"rank": dist.rank(), "idle_steps": self._idle_steps, "counters": self.graph.counters(),
+                "seconds": {k: round(v, 3) for k, v in self.clock.seconds.items()}}
 
     def mark_complete(self) -> None:
         """Mark the checkpoint finished (after a ``fit(complete=False)``'s outputs are written):
@@ -390,6 +533,57 @@ class Trainer:
                 if not cfg.eval_every and not cfg.eval_every_s:
                     self._eval_point()
                 self.save()  # epoch end: the loader sits at the end of epoch self.p.epoch
+                self.p.epoch += 1
+
+    def _loop_lockstep(self, bar) -> None:
+        """``_loop`` for several processes: the same steps, with the ranks agreeing before each
+        (see the module's docstring). Decisions that depend on a clock (evaluate by time, the
+        budget) are rank 0's; a signal on any rank stops every rank at the same step."""
+        cfg = self.cfg
+        world = dist.world_size()
+        with self._signals():
+            while self.p.epoch < cfg.epochs and not self._budget_hit:
+                it = iter(self.graph)
+                while True:
+                    try:
+                        batch = next(it)
+                    except StopIteration:
+                        batch = None
+                    self.clock.lap("data")
+                    self._carve_selection_time()
+                    done = self._progress(batch) if batch is not None else self._done
+                    flags = self.graph.sync([self._unsynced, batch is not None, done, self._stop_reason is not None,
+                                             self.main and self._eval_due_by_time(),
+                                             self.main and self._out_of_budget()])
+                    self._count_others(flags)
+                    self.clock.lap("sync")
+                    active = int(flags[:, 1].sum())
+                    if active == 0:
+                        break  # every shard is done: the epoch is over on every rank
+                    if flags[0, 5]:
+                        self._budget_hit = True
+                        break
+                    self._done = float(flags[:, 2].max())
+                    if batch is not None:
+                        self._step(batch, done=self._done, scale=world / active)
+                    else:
+                        self._idle_step(self._done)
+                    bar.update(1)
+                    if (cfg.eval_every and self.p.step % cfg.eval_every == 0) or flags[0, 4]:
+                        self._eval_point()
+                    if flags[:, 3].any():
+                        self._stop_reason = self._stop_reason or "a signal on another rank"
+                        self.save()
+                        raise KeyboardInterrupt(f"{self._stop_reason} at step {self.p.step}; checkpoint "
+                                                f"saved to {self.checkpoint_path}; rerun to resume")
+                    if cfg.checkpoint_every and self.p.step % cfg.checkpoint_every == 0:
+                        self.save()
+                    self.clock.lap("other")
+                if self._budget_hit:
+                    break
+                if not cfg.eval_every and not cfg.eval_every_s:
+                    self._eval_point()
+                self.save()  # epoch end: every rank's loader sits at the end of epoch self.p.epoch
                 self.p.epoch += 1
 
     def _full_epochs_examples(self) -> float:

@@ -7,10 +7,15 @@ Writes ``<out>/model.pt``, ``<out>/metrics.json`` (the handful of figures DVC sh
 interrupted run resumes from there, in the same MLflow run, when rerun with the same params.
 Every argument, params section and path is checked before training starts (``validate``,
 which the pipeline's `check` stage also runs before DVC deletes any output).
+
+With ``train.processes`` > 1 the stage launches itself as that many processes under torchrun
+(DistributedDataParallel; see selectkit/train.py) after the checks; started by ``torchrun``
+itself it is one of them. Either way only rank 0 writes and tracks.
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -58,12 +63,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser().parse_args(argv)
     cfg, tracking = validate(args)
 
+    from selectkit import dist
     from selectkit.preflight import check_tracking
+
+    if dist.is_main_process():  # seconds, not minutes of retries, before the data is even loaded
+        check_tracking(tracking)
+    if cfg.processes > 1 and not dist.launched():
+        from selectkit.launch import torchrun
+
+        torchrun(cfg.processes, __file__, sys.argv[1:] if argv is None else argv,
+                 hint=f"the last checkpoint ({checkpoint_path(args)}) resumes when the stage is rerun")
+        return
+
     from selectkit.store import Store
     from selectkit.tracking import Tracker
     from selectkit.train import Trainer, headline
 
-    check_tracking(tracking)  # seconds, not minutes of retries, before the data is even loaded
     store = Store(args.store)
     out = Path(args.out)
     trainer = Trainer(store, cfg, checkpoint_path=checkpoint_path(args))
@@ -74,6 +89,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     with tracker.run({args.section: to_dict(cfg)}, tags=tags,
                      resume_run_id=(source or {}).get("tracking_run_id")) as t:
         result = trainer.fit(resume=resume, complete=False)  # finished only once the outputs are written
+        if not dist.is_main_process():  # rank 0 writes the outputs and the MLflow run
+            trainer.mark_complete()
+            return
         save_model(out / "model.pt", result.model, model_sig=trainer.model_sig, task=trainer.task,
                    config=to_dict(cfg))
         atomic_write_text(out / "run.json", json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")

@@ -401,7 +401,10 @@ report:
 """
 
 
-def test_svp_pipeline_then_target_change_reruns_only_targets(repo):
+def test_svp_pipeline_then_target_change_reruns_only_targets(repo, tmp_path):
+    """The SVP pipeline end to end; then a team's workflow through a DVC remote: push, a second
+    clone pulls the store, proxies, scores and subsets, and a target change there reruns only
+    the targets (no proxy, score or choose stage)."""
     d, experiment = repo
     p = d / "pipelines/svp-fashion-mnist"
     p.mkdir(parents=True)
@@ -428,9 +431,23 @@ def test_svp_pipeline_then_target_change_reruns_only_targets(repo):
 
     sh(d, "git", "add", "-A")
     sh(d, "git", "commit", "-qm", "svp")
-    (p / "params.yaml").write_text((p / "params.yaml").read_text().replace("  lr: 0.1\n  input: {batch_size: 64, prefetch: 1}\n  epochs: 2",
+    # share through a DVC remote (a local directory here; S3, GCS or SSH for a team), in git
+    sh(d, "dvc", "remote", "add", "-d", "team", str(tmp_path / "dvc-remote"))
+    sh(d, "git", "commit", "-qm", "dvc remote", ".dvc/config")
+    sh(d, "dvc", "push", "pipelines/svp-fashion-mnist/dvc.yaml")
+    # a second clone, configured as the fixture configures DVC; its MLflow store is the
+    # session's ($MLFLOW_TRACKING_URI, as a team's tracking server), where the experiment is
+    c = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(d), str(c))
+    sh(c, "dvc", "config", "--local", "core.analytics", "false")
+    sh(c, "dvc", "config", "--local", "core.site_cache_dir", str(tmp_path / "dvc-site-cache-clone"))
+    q = c / "pipelines/svp-fashion-mnist"
+    assert not (q / "data").exists() and not (q / "subsets/svp-0.5").exists()  # gitignored: from the remote
+    sh(c, "dvc", "pull", "pipelines/svp-fashion-mnist/dvc.yaml")  # not the unrun top-level dvc.yaml's outputs
+    assert (q / "subsets/svp-0.5/ids.npy").read_bytes() == (p / "subsets/svp-0.5/ids.npy").read_bytes()
+    (q / "params.yaml").write_text((q / "params.yaml").read_text().replace("  lr: 0.1\n  input: {batch_size: 64, prefetch: 1}\n  epochs: 2",
                                                                            "  lr: 0.05\n  input: {batch_size: 64, prefetch: 1}\n  epochs: 2"))
-    out = sh(d, "dvc", "repro", "pipelines/svp-fashion-mnist/dvc.yaml").stdout
+    out = sh(c, "dvc", "repro", "pipelines/svp-fashion-mnist/dvc.yaml").stdout
     ran = sorted(re.findall(r"Running stage '[^']*dvc\.yaml:([^']+)'", out))
     assert ran == ["check", "full@0", "report", "score_full", "target@0-random-0.5", "target@0-svp-0.5"], out
 

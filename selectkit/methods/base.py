@@ -40,6 +40,7 @@ class MethodContext:
         model: a ModelHandle scoring batches with the live model (None without a model).
         loss_table: the shared per-example LossTable (present when a method needs it).
         listeners: ``(name, listener)`` pairs the trainer calls after every training forward.
+        exchange: the graph's Exchange with the other ranks (inert alone); see ``channel``.
     """
 
     task: Any
@@ -50,6 +51,16 @@ class MethodContext:
     model: Any = None
     loss_table: Any = None
     listeners: List[Tuple[str, Any]] = field(default_factory=list)
+    exchange: Any = None
+
+    def channel(self, name: str, receive: Callable[[Any], None]):
+        """A channel to the other ranks: what this rank ``send``s reaches every other rank's
+        ``receive`` (a float64 array) once per step. Inert with one process."""
+        if self.exchange is None:
+            from selectkit.exchange import Exchange
+
+            self.exchange = Exchange(live=False)
+        return self.exchange.channel(name, receive)
 
     def add_listener(self, name: str, listener: Any) -> None:
         """Receive the trainer's per-example losses. A listener with ``state_dict``,

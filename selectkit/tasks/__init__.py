@@ -63,8 +63,10 @@ class Task:
         """The test split as loaded batches (computed once; the trainer caches them)."""
         raise NotImplementedError
 
-    def train_batches(self, batch_size: int):
-        """The train split in id order as loaded batches (scoring), lazily."""
+    def train_batches(self, batch_size: int, rank: int = 0, world_size: int = 1):
+        """The train split as loaded batches (scoring), lazily, each with its ``ids``; with
+        ``world_size`` > 1 only every ``world_size``-th batch from ``rank`` on (the batches do not
+        depend on the number of processes, so sharded scoring equals one process's)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- device and model

@@ -132,16 +132,16 @@ class ImageClassification(Task):
     def loader(self, augment: str = "none", seed: int = 0) -> LoadBatch:
         return LoadBatch(self.store.train, self._mean, self._std, augment, seed=seed)
 
-    def _slices(self, split: Split, batch_size: int):
+    def _slices(self, split: Split, batch_size: int, rank: int = 0, world_size: int = 1):
         load = LoadBatch(split, self._mean, self._std)
-        for i in range(0, len(split), batch_size):
+        for i in range(rank * batch_size, len(split), batch_size * world_size):
             yield load({"ids": np.arange(i, min(i + batch_size, len(split))), "epoch": 0, "index": 0})
 
     def eval_batches(self, batch_size: int) -> list:
         return list(self._slices(self.store.test, batch_size))
 
-    def train_batches(self, batch_size: int):
-        return self._slices(self.store.train, batch_size)
+    def train_batches(self, batch_size: int, rank: int = 0, world_size: int = 1):
+        return self._slices(self.store.train, batch_size, rank, world_size)
 
     def features(self, downsample: int = 2, **_: Any) -> np.ndarray:
         return pooled_pixels(self.store.train.x, downsample)

@@ -138,19 +138,20 @@ class TextClassification(Task):
             raise ValueError(f"input.augment={augment!r}: the text task has no augmentation; use none")
         return LoadTokens(self.store.train)
 
-    def _slices(self, split, batch_size: int):
+    def _slices(self, split, batch_size: int, rank: int = 0, world_size: int = 1):
         """Batches of every example of ``split``, shortest first (so each pads little); each
-        batch's ``ids`` say which examples it holds."""
+        batch's ``ids`` say which examples it holds. ``rank``/``world_size``: every
+        ``world_size``-th batch from ``rank`` on."""
         load = LoadTokens(split)
         order = np.argsort(split.lengths(), kind="stable")
-        for i in range(0, len(split), batch_size):
+        for i in range(rank * batch_size, len(split), batch_size * world_size):
             yield load({"ids": order[i:i + batch_size], "epoch": 0, "index": 0})
 
     def eval_batches(self, batch_size: int) -> list:
         return list(self._slices(self.store.test, batch_size))
 
-    def train_batches(self, batch_size: int):
-        return self._slices(self.store.train, batch_size)
+    def train_batches(self, batch_size: int, rank: int = 0, world_size: int = 1):
+        return self._slices(self.store.train, batch_size, rank, world_size)
 
     def to_device(self, batch, device: torch.device):
         """((tokens, mask), labels) on ``device``, trimmed to the batch's longest example (rows

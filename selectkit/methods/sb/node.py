@@ -39,6 +39,8 @@ class SelectiveBackprop(SelectingNode):
         fingerprint: the store's fingerprint (a resumed state must match it).
         beta, window, floor, warmup_epochs, staleness: see SBConfig (config.py beside this file).
         seed: seeds the keep/skip draws.
+        channel: an exchange channel sharing the window's losses with the other ranks, whose
+            ``receive`` is ``window.push`` (None or inert alone).
 
     Its counters (``sb/*``, part of its state) come out through ``counters()``.
     """
@@ -48,7 +50,7 @@ class SelectiveBackprop(SelectingNode):
 
     def __init__(self, source: BaseNode[Batch], scorer, table: LossTable, fingerprint: str, *,
                  beta: float, window: int, floor: float = 0.0, warmup_epochs: int = 0, staleness: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, channel=None):
         super().__init__()
         if beta <= 0:
             raise ValueError(f"{beta=} should be > 0 (beta -> 0 keeps everything)")
@@ -61,6 +63,9 @@ class SelectiveBackprop(SelectingNode):
         self.beta, self.floor, self.warmup_epochs, self.staleness = beta, floor, warmup_epochs, staleness
         self.seed = seed
         self.window = LossWindow(window)
+        # under several processes, the candidate losses this rank ranks go to the other ranks'
+        # windows (and theirs come here), so the keep probabilities do not depend on the ranks
+        self.channel = channel
         self.rng = np.random.default_rng([seed, 0x5B])
         self._counters: Dict[str, float] = {k: 0.0 for k in COUNTERS}
         self._counters["sb/loss_threshold"] = float("nan")
@@ -123,6 +128,8 @@ class SelectiveBackprop(SelectingNode):
             c["sb/selection_s"] += scored_s
         c["sb/stale_selected"] += len(ids) - len(rows)
         keep = select(losses, self.window, self.beta, self.floor, self.rng)
+        if self.channel is not None:
+            self.channel.send(losses)
         c["sb/candidates"] += len(ids)
         c["sb/kept"] += int(keep.sum())
         c["sb/kept_fraction"] = c["sb/kept"] / c["sb/candidates"]

@@ -27,11 +27,16 @@ from selectkit.validation import ConfigError, to_dict
 
 @torch.inference_mode()
 def score_store(model: torch.nn.Module, task, device: torch.device, batch_size: int = 1000,
-                source: str = "proxy", embeddings: bool = False) -> Dict[str, np.ndarray]:
+                source: str = "proxy", embeddings: bool = False, rank: int = 0,
+                world_size: int = 1) -> Dict[str, np.ndarray]:
     """Run ``model`` once over the task's train split (eval mode, no graph) and score every example.
 
     With ``embeddings`` the input of the model's last linear layer (the penultimate-layer
     embedding) is kept too, as ``embeddings`` (float32, one row per id).
+
+    With ``world_size`` > 1 (a running process group) each rank scores every ``world_size``-th
+    batch and the ranks all-gather their rows, placed by example id: every rank returns the
+    whole result, equal to one process's (the same batches, each computed the same way).
 
     Raises:
         FloatingPointError: non-finite outputs, naming the example ids and ``source``.
@@ -43,7 +48,7 @@ def score_store(model: torch.nn.Module, task, device: torch.device, batch_size: 
         hook = classifier(model).register_forward_pre_hook(
             lambda _m, inp: embs.append(inp[0].detach().float().flatten(1).cpu().numpy()))
     try:
-        for b in task.train_batches(batch_size):
+        for b in task.train_batches(batch_size, rank, world_size):
             order.append(np.asarray(b["ids"]))
             x, y = task.to_device(b, device)
             logits = task.forward(model, x).float()
@@ -52,6 +57,11 @@ def score_store(model: torch.nn.Module, task, device: torch.device, batch_size: 
     finally:
         if hook is not None:
             hook.remove()
+    if world_size > 1:
+        from selectkit import dist
+
+        parts = dist.all_gather_object((order, probs, losses, embs))
+        order, probs, losses, embs = ([a for part in parts for a in part[k]] for k in range(4))
     # batches may come in any order (a text task's shortest first): put rows back in id order
     where = np.argsort(np.concatenate(order), kind="stable")
     p = np.concatenate(probs)[where]

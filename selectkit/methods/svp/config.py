@@ -17,9 +17,14 @@ class ScoreConfig:
     device: str = "auto"
     channels_last: bool = True
     embeddings: bool = False     # also store the penultimate-layer embedding (float32, N x D)
+    # Processes scoring together under torchrun (each scores every N-th batch; the scores are
+    # gathered by example id and equal one process's); > 1: the stage launches them itself.
+    processes: int = 1
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "score.batch_size", self.batch_size, ">= 1")
+        _check(isinstance(self.processes, int) and self.processes >= 1, "score.processes", self.processes,
+               "an integer >= 1 (processes under torchrun)")
 
 
 SVP_RULES = ["single", "rank_sum", "alternating", "random"]
