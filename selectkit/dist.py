@@ -58,6 +58,15 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def rank_seed(seed: int, rank: int, world_size: int) -> int:
+    """The seed of rank ``rank``'s own random draws (augmentation, keep/skip draws, dropout):
+    ``seed`` itself alone, so one process is unchanged; under several processes a distinct
+    seed per rank, so the ranks' draws are independent rather than the same draws repeated."""
+    if world_size <= 1:
+        return seed
+    return int(np.random.SeedSequence([seed, rank, 0x5EED]).generate_state(1)[0])
+
+
 def launched() -> bool:
     """Whether a launcher (torchrun) started this process as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

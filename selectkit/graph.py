@@ -255,14 +255,17 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
     table = LossTable(len(task)) if any(m.uses_loss_table for m, _ in stack) else None
     if table is not None:
         table.share(exchange)
+    from selectkit.dist import rank_seed
+
+    own = rank_seed(seed, rank, world_size)
     ctx = MethodContext(task=task, seed=seed, batch_size=batch_size, candidate_batch_size=cand, epochs=epochs,
-                        model=model, loss_table=table, exchange=exchange)
+                        model=model, loss_table=table, exchange=exchange, rank_seed=own)
     node: BaseNode = IdBatchSampler(ids, cand, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
                                     lengths=task.lengths() if group_by_length else None, group=group_by_length)
     for method, mcfg in stack:
         if method.slot == "ids":
             node = method.build(node, ctx, mcfg)
-    node = Mapper(node, task.loader(augment, seed=seed))
+    node = Mapper(node, task.loader(augment, seed=own))
     if prefetch > 0:
         node = Prefetcher(node, prefetch_factor=prefetch)
     if pin_memory:

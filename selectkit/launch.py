@@ -42,19 +42,23 @@ def write_rank_error(message: str) -> None:
 
 
 def torchrun(nproc: int, script: str | Path, argv: Sequence[str], hint: str = "",
-             monitor_interval: float = 0.1) -> None:
+             monitor_interval: float = 0.1, shutdown_timeout: float = 60.0) -> None:
     """Run ``python script *argv`` as ``nproc`` processes on this machine and wait for them.
+
+    A SIGINT/SIGTERM to this process goes to every rank (they finish the step, checkpoint and
+    stop); ranks still running ``shutdown_timeout`` seconds later are killed.
 
     Raises:
         RankFailed: a process failed: the first to fail, with its error (``hint`` appended).
         KeyboardInterrupt: the processes were interrupted (they checkpointed first).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"selectkit-{uuid.uuid4().hex[:8]}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                          monitor_interval=monitor_interval)
+                          monitor_interval=monitor_interval, shutdown_timeout=int(max(1, shutdown_timeout)))
     with tempfile.TemporaryDirectory(prefix="selectkit-ranks-") as errors:
         old: Optional[str] = os.environ.get(ERROR_DIR_ENV)
         os.environ[ERROR_DIR_ENV] = errors
@@ -68,6 +72,9 @@ def torchrun(nproc: int, script: str | Path, argv: Sequence[str], hint: str = ""
             message = f.read_text().strip() if f.is_file() else (
                 f"it died with {_signal_name(failure.exitcode)} before reporting an error")
             raise RankFailed(rank, failure.exitcode, message, hint) from None
+        except SignalException as e:  # the launcher itself was signalled; the ranks were stopped
+            raise KeyboardInterrupt(f"{e.sigval.name}: {nproc} processes stopped"
+                                    + (f"; {hint}" if hint else "")) from None
         finally:
             if old is None:
                 os.environ.pop(ERROR_DIR_ENV, None)

@@ -50,7 +50,7 @@ class LossTable:
     def update(self, ids, losses) -> None:
         ids, losses = as_numpy(ids), as_numpy(losses)
         self.values[ids] = losses
-        if self._channel is not None:
+        if self._channel is not None and self._channel.live:
             self._channel.send(np.stack([ids, losses], axis=1))
 
     def observe(self, ids, losses, step: int) -> None:

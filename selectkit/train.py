@@ -55,6 +55,9 @@ def resolve_device(name: str) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but no CUDA device is available: use auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dist.launched():
+        raise ConfigError(f"train.device={name!r} under {dist.world_size()} processes would put every process on "
+                          f"one GPU: use auto or cuda (each process takes the GPU of its local rank)")
     if dev.type == "cuda" and dev.index is None and dist.launched():
         dev = torch.device("cuda", dist.local_rank())
         if dev.index >= torch.cuda.device_count():
@@ -109,7 +112,7 @@ class Trainer:
         if dist.launched() and cfg.processes > 1 and cfg.processes != dist.world_size():
             raise ConfigError(f"train.processes={cfg.processes} but torchrun started {dist.world_size()} processes: "
                               f"set train.processes: {dist.world_size()} (or 1: take the size from torchrun)")
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)
         self.distributed = dist.init(self.device.type, cfg.dist_timeout_s)
         self.main = dist.is_main_process()
@@ -126,6 +129,8 @@ class Trainer:
 
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # the same initial weights everywhere (above); each rank's own dropout draws from here
+            torch.manual_seed(dist.rank_seed(cfg.seed, dist.rank(), dist.world_size()))
         if self.device.type == "cuda" and cfg.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
@@ -154,6 +159,8 @@ class Trainer:
         self._idle_steps = 0  # zero-weight steps this rank took after its shard ran out
         self._unsynced = 0  # examples this rank trained since the ranks last agreed
         self._shadow: Optional[Dict[str, Any]] = None  # the batch of those steps
+        self._last_eval_step = -1  # every rank's record of the last evaluation (an agreed point)
+        self._last_ranks: Optional[List[Dict[str, Any]]] = None  # the ranks' states at the last save
 
     # ---------------------------------------------------------------- checkpoint and resume
     def _state(self, complete: bool = False) -> Dict[str, Any]:
@@ -184,6 +191,7 @@ class Trainer:
         if self.distributed:
             ranks = dist.gather_object(self._rank_state())
             if self.main:
+                self._last_ranks = ranks
                 state = self._state(complete)
                 state["ranks"] = ranks
                 save_checkpoint(self.checkpoint_path, state)
@@ -262,6 +270,7 @@ class Trainer:
             if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.p = _Progress(ckpt["step"], ckpt["epoch"], dict(ckpt["counters"]), list(ckpt["history"]))
+        self._last_eval_step = self.p.history[-1]["step"] if self.p.history else -1
         self._epochs_done = ckpt.get("epochs_done", float(ckpt["epoch"]))
         self.clock.seconds.update(ckpt["seconds"])
         log.info("resumed from %s at step %d (epoch %d)", path, self.p.step, self.p.epoch)
@@ -311,12 +320,17 @@ class Trainer:
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
     def _eval_point(self) -> None:
-        if not self.main:  # rank 0 evaluates; the others wait at the next step's agreement
-            return
-        if self.p.history and self.p.history[-1]["step"] == self.p.step:
+        if self._last_eval_step == self.p.step:
             return  # already evaluated at this step (e.g. an epoch end just before a resume)
-        r = self.evaluate()
+        self._last_eval_step = self.p.step
         counters = self.graph.counters()  # reads the loader's state: charged to evaluation, not training
+        if self.distributed:  # an agreed point: rank 0 gets every rank's counters, then evaluates
+            per_rank = dist.gather_object(counters)
+            if not self.main:
+                self.clock.lap("sync")
+                return
+            counters = merge_counters(per_rank)
+        r = self.evaluate()
         self.clock.lap("evaluation")
         row = {"step": self.p.step, "epoch": self.p.epoch, "wall_s": round(self.clock.train_s, 4),
                "examples_seen": self.p.counters["examples_backpropagated"], **r,
@@ -409,7 +423,7 @@ class Trainer:
         try:
             with self.autocast():
                 out = self.task.forward(self.net, x)
-            loss = self.task.losses(out, y).sum() * 0.0
+            loss = self.task.losses(out.float().nan_to_num(0.0, 0.0, 0.0), y).sum() * 0.0  # never NaN
         finally:
             self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -491,6 +505,7 @@ class Trainer:
         if ranks is not None:
             summary["world_size"] = len(ranks)
             summary["ranks"] = ranks
+            summary["counters"] = merge_counters([r["counters"] for r in ranks])
         return TrainResult(summary, list(self.p.history), self.model, self.checkpoint_path)
 
     def _rank_summary(self) -> Dict[str, Any]:
@@ -500,8 +515,15 @@ class Trainer:
 
     def mark_complete(self) -> None:
         """Mark the checkpoint finished (after a ``fit(complete=False)``'s outputs are written):
-        an automatic resume then ignores it and a rerun trains afresh."""
-        self.save(complete=True)
+        an automatic resume then ignores it and a rerun trains afresh. Under several processes
+        rank 0 alone rewrites the last checkpoint (the ranks' states from the end of ``fit``),
+        so the others need not wait while it writes the outputs."""
+        if not self.distributed:
+            self.save(complete=True)
+        elif self.main and self.checkpoint_path is not None and self._last_ranks is not None:
+            state = self._state(True)
+            state["ranks"] = self._last_ranks
+            save_checkpoint(self.checkpoint_path, state)
 
     def _loop(self, bar) -> None:
         cfg = self.cfg
@@ -551,7 +573,10 @@ class Trainer:
                         batch = None
                     self.clock.lap("data")
                     self._carve_selection_time()
+                    covered = self._epochs_done
                     done = self._progress(batch) if batch is not None else self._done
+                    if cfg.budget_s is not None:  # progress is time: rank 0's clock (below) rules
+                        done = self.clock.train_s / cfg.budget_s
                     flags = self.graph.sync([self._unsynced, batch is not None, done, self._stop_reason is not None,
                                              self.main and self._eval_due_by_time(),
                                              self.main and self._out_of_budget()])
@@ -562,8 +587,10 @@ class Trainer:
                         break  # every shard is done: the epoch is over on every rank
                     if flags[0, 5]:
                         self._budget_hit = True
+                        self._epochs_done = covered  # the batch fetched above is not trained
                         break
-                    self._done = float(flags[:, 2].max())
+                    # the learning rate follows the furthest rank (by epochs), or rank 0's clock
+                    self._done = float(flags[0, 2] if cfg.budget_s is not None else flags[:, 2].max())
                     if batch is not None:
                         self._step(batch, done=self._done, scale=world / active)
                     else:
@@ -625,6 +652,26 @@ class Trainer:
 
         subset = self.cfg.input.subset
         return (subset_upstream_s(subset) if subset else 0.0) + sum(m.upstream_s(c) for m, c in self.cfg.stack)
+
+
+# Counters that are a rate, a model's figure or seconds, not a count: averaged over ranks; every
+# other counter is a count, summed (a method naming its counters this way needs nothing more).
+_AVERAGED = ("_fraction", "_rate", "/accuracy", "/auc", "/lambda", "/threshold", "_overlap", "_s", "/updates",
+             "/tested", "/pruning_epochs", "_in")
+
+
+def merge_counters(per_rank: List[Dict[str, float]]) -> Dict[str, float]:
+    """The run's counters from every rank's: counts summed, rates and seconds averaged, and a
+    ``<ns>/kept_fraction`` recomputed from the summed ``<ns>/kept`` and ``<ns>/candidates``."""
+    out: Dict[str, float] = {}
+    for k in sorted({k for c in per_rank for k in c}):
+        vals = [float(c[k]) for c in per_rank if k in c]
+        out[k] = float(np.mean(vals)) if k.endswith(_AVERAGED) else float(np.sum(vals))
+    for k in [k for k in out if k.endswith("/kept_fraction")]:
+        ns = k[: -len("/kept_fraction")]
+        if out.get(f"{ns}/candidates"):
+            out[k] = out[f"{ns}/kept"] / out[f"{ns}/candidates"]
+    return out
 
 
 HEADLINE = ("final_test_error", "train_s", "examples_backpropagated", "kept_fraction", "epochs")

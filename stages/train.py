@@ -72,7 +72,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         from selectkit.launch import torchrun
 
         torchrun(cfg.processes, __file__, sys.argv[1:] if argv is None else argv,
-                 hint=f"the last checkpoint ({checkpoint_path(args)}) resumes when the stage is rerun")
+                 hint=f"the last checkpoint ({checkpoint_path(args)}) resumes when the stage is rerun",
+                 shutdown_timeout=cfg.dist_timeout_s)
         return
 
     from selectkit.store import Store

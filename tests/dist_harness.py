@@ -122,6 +122,15 @@ def worker(rank: int, world: int, port: int, store_path: str, out: str, examples
         saved = torch.load(ck, weights_only=False)
         _json(out, "checkpoint", rank, {"world_size": saved["world_size"], "ranks": len(saved["ranks"])})
 
+    # 7. a wall-clock budget: rank 0's clock ends the run on every rank at the same step
+    cfg = tiny_train_cfg(epochs=50, budget_s=0.6, eval_every=0, eval_every_s=0.2, **timeout,
+                         methods={"sb": {"beta": 1.0, "selection_batch_size": 64}}, input={"batch_size": 32, "prefetch": 1})
+    t = Trainer(store, cfg)
+    r = t.fit()
+    _save(out, "budget", rank, params=params_vector(t.model), step=np.array(t.p.step))
+    if rank == 0:
+        _json(out, "budget", rank, r.metrics)
+
     # 6. every registered online method, one epoch: nothing hangs, every rank ends with one model
     for name, params in examples.items():
         cfg = tiny_train_cfg(epochs=2, methods={name: params}, input={"batch_size": 32, "prefetch": 1},

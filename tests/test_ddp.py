@@ -79,6 +79,8 @@ def test_ranks_keeping_very_different_counts_stay_in_step(ran):
     assert r1["idle_steps"] > 0 and r0["idle_steps"] == 0  # rank 1 waited in zero-weight steps
     # no kept example was dropped to make the ranks agree
     assert m["examples_backpropagated"] == r0["counters"]["sb/kept"] + r1["counters"]["sb/kept"]
+    assert m["counters"]["sb/kept"] == r0["counters"]["sb/kept"] + r1["counters"]["sb/kept"]  # the run's, not rank 0's
+    assert m["counters"]["sb/kept_fraction"] == m["counters"]["sb/kept"] / m["counters"]["sb/candidates"]
     assert np.array_equal(_npz(ran, "skew", 0)["params"], _npz(ran, "skew", 1)["params"])
 
 
@@ -114,6 +116,13 @@ def test_resuming_with_another_number_of_processes_names_both(ran, digits_store)
                          input={"batch_size": 32, "prefetch": 2}, eval_every=4, dist_timeout_s=60.0)
     with pytest.raises(UsageError, match=r"written by 2 training process\(es\) but this run has 1.*--resume never"):
         Trainer(digits_store, cfg, checkpoint_path=ran / "ck.pt").fit(resume=ran / "ck.pt")
+
+
+def test_a_budget_ends_every_rank_at_the_same_step(ran):
+    a, b = (_npz(ran, "budget", r) for r in (0, 1))
+    assert a["step"] == b["step"] > 0 and np.array_equal(a["params"], b["params"])
+    m = _json(ran, "budget")
+    assert m["train_s"] >= 0.6 and m["epochs"] < 50
 
 
 @pytest.mark.parametrize("name", ONLINE)

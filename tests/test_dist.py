@@ -1,6 +1,7 @@
 """The process seam: rank and world size, and one main-process check for every writer."""
 
 import mlflow
+import pytest
 
 from selectkit import dist
 from selectkit.config import TrackingConfig
@@ -67,3 +68,20 @@ def test_exchange_delivers_every_send_of_every_other_rank(monkeypatch):
     assert heads.tolist() == [[0.0, 1.0], [1.0, 0.0]]
     assert t0[np.array([1, 2, 7])].tolist() == [0.5, 0.25, 3.0] and t0.known() == 3
     assert [w.tolist() for w in window0] == [[9.0, 8.0]]
+
+
+def test_counters_of_the_ranks_merge_counts_summed_rates_averaged():
+    from selectkit.train import merge_counters
+
+    got = merge_counters([{"sb/kept": 10, "sb/candidates": 40, "sb/kept_fraction": 0.25, "sb/selection_s": 2.0,
+                           "aa/accuracy": 0.8},
+                          {"sb/kept": 30, "sb/candidates": 40, "sb/kept_fraction": 0.75, "sb/selection_s": 4.0,
+                           "aa/accuracy": 0.6}])
+    assert got == {"sb/kept": 40, "sb/candidates": 80, "sb/kept_fraction": 0.5, "sb/selection_s": 3.0,
+                   "aa/accuracy": pytest.approx(0.7)}
+
+
+def test_each_rank_draws_its_own_randomness_and_one_process_is_unchanged():
+    assert dist.rank_seed(7, 0, 1) == 7
+    seeds = {dist.rank_seed(7, r, 4) for r in range(4)}
+    assert len(seeds) == 4 and seeds == {dist.rank_seed(7, r, 4) for r in range(4)}  # distinct, reproducible

@@ -41,6 +41,9 @@ class MethodContext:
         loss_table: the shared per-example LossTable (present when a method needs it).
         listeners: ``(name, listener)`` pairs the trainer calls after every training forward.
         exchange: the graph's Exchange with the other ranks (inert alone); see ``channel``.
+        rank_seed: the seed of this rank's own random draws: ``seed`` alone, distinct per rank
+            under several processes. Draws each rank makes on its own shard (keep/skip) use
+            it; draws every rank must make alike (a global prune mask) use ``seed``.
     """
 
     task: Any
@@ -52,6 +55,11 @@ class MethodContext:
     loss_table: Any = None
     listeners: List[Tuple[str, Any]] = field(default_factory=list)
     exchange: Any = None
+    rank_seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.rank_seed is None:
+            self.rank_seed = self.seed
 
     def channel(self, name: str, receive: Callable[[Any], None]):
         """A channel to the other ranks: what this rank ``send``s reaches every other rank's

@@ -24,7 +24,7 @@ def build(node, ctx, cfg: AutoAssistConfig):
     worker = AssistantWorker(features, labels, ctx.task.num_classes,
                              {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "loss_ema": cfg.loss_ema,
                               "accuracy_ema": cfg.accuracy_ema}, mode=cfg.worker, queue_size=cfg.queue_size)
-    gate = AutoAssistGate(node, worker, features, labels, ctx.task.fingerprint, seed=ctx.seed, shadow=cfg.shadow,
+    gate = AutoAssistGate(node, worker, features, labels, ctx.task.fingerprint, seed=ctx.rank_seed, shadow=cfg.shadow,
                           warmup_epochs=cfg.warmup_epochs, max_lambda=cfg.max_lambda)
     ctx.add_listener("autoassist", Publisher(worker, cfg.max_lambda))
     return Rebatch(gate, ctx.candidate_batch_size)

@@ -22,7 +22,7 @@ def build(node, ctx, cfg: RhoLossConfig):
     handle = ctx.model
     node = RhoLoss(node, lambda x, y: handle.losses(x, y, cfg.selection_mode, cfg.selection_precision),
                    irreducible, ctx.task.fingerprint, irreducible_id=prov["loss_sha256"], fraction=cfg.fraction,
-                   rule=cfg.rule, temperature=cfg.temperature, warmup_epochs=cfg.warmup_epochs, seed=ctx.seed)
+                   rule=cfg.rule, temperature=cfg.temperature, warmup_epochs=cfg.warmup_epochs, seed=ctx.rank_seed)
     return Rebatch(node, ctx.batch_size)
 
 

@@ -20,7 +20,7 @@ def build(node, ctx, cfg: SBConfig):
     node = SelectiveBackprop(
         node, lambda x, y: handle.losses(x, y, cfg.selection_mode, cfg.selection_precision), ctx.loss_table,
         ctx.task.fingerprint, beta=cfg.beta, window=cfg.window, floor=cfg.floor,
-        warmup_epochs=cfg.warmup_epochs, staleness=cfg.staleness, seed=ctx.seed)
+        warmup_epochs=cfg.warmup_epochs, staleness=cfg.staleness, seed=ctx.rank_seed)
     node.channel = ctx.channel("sb/window", node.window.push)
     ctx.add_listener("sb", node.observe)
     return Rebatch(node, ctx.batch_size)

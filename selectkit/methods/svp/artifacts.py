@@ -48,7 +48,7 @@ def score_store(model: torch.nn.Module, task, device: torch.device, batch_size: 
         hook = classifier(model).register_forward_pre_hook(
             lambda _m, inp: embs.append(inp[0].detach().float().flatten(1).cpu().numpy()))
     try:
-        for b in task.train_batches(batch_size, rank, world_size):
+        for b in (task.train_batches(batch_size, rank, world_size) if world_size > 1 else task.train_batches(batch_size)):
             order.append(np.asarray(b["ids"]))
             x, y = task.to_device(b, device)
             logits = task.forward(model, x).float()
