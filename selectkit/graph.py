@@ -154,11 +154,18 @@ class InputGraph:
     def counters(self) -> Dict[str, float]:
         """Every method's counters, as of the batches handed out so far (namespaced keys);
         nodes report none before the first batch."""
-        out = collect_counters(self._loader_state())
+        nodes, listeners = self.counter_parts()
+        return {**nodes, **listeners}
+
+    def counter_parts(self) -> Tuple[Dict[str, float], Dict[str, float]]:
+        """(the nodes' counters, the listeners' counters). Under several processes a node
+        counts its own shard, while a shared listener hears every rank's losses: the run's
+        figures sum the first over ranks and take the second from any one rank."""
+        listeners: Dict[str, float] = {}
         for _, listener in self.listeners:
             if hasattr(listener, "counters"):
-                out.update(listener.counters())
-        return out
+                listeners.update(listener.counters())
+        return collect_counters(self._loader_state()), listeners
 
     def shutdown(self) -> None:
         """Stop every node's workers (nodes that hold one implement ``shutdown``, the name later

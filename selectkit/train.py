@@ -323,13 +323,14 @@ class Trainer:
         if self._last_eval_step == self.p.step:
             return  # already evaluated at this step (e.g. an epoch end just before a resume)
         self._last_eval_step = self.p.step
-        counters = self.graph.counters()  # reads the loader's state: charged to evaluation, not training
         if self.distributed:  # an agreed point: rank 0 gets every rank's counters, then evaluates
-            per_rank = dist.gather_object(counters)
+            per_rank = dist.gather_object(self.graph.counter_parts())
             if not self.main:
                 self.clock.lap("sync")
                 return
-            counters = merge_counters(per_rank)
+            counters = run_counters(per_rank)
+        else:
+            counters = self.graph.counters()  # reads the loader's state: charged to evaluation, not training
         r = self.evaluate()
         self.clock.lap("evaluation")
         row = {"step": self.p.step, "epoch": self.p.epoch, "wall_s": round(self.clock.train_s, 4),
@@ -505,12 +506,13 @@ class Trainer:
         if ranks is not None:
             summary["world_size"] = len(ranks)
             summary["ranks"] = ranks
-            summary["counters"] = merge_counters([r["counters"] for r in ranks])
+            summary["counters"] = run_counters([r.pop("counter_parts") for r in ranks])
         return TrainResult(summary, list(self.p.history), self.model, self.checkpoint_path)
 
     def _rank_summary(self) -> Dict[str, Any]:
         """What one rank did: its steps with nothing to train, its methods' counters."""
         return {"rank": dist.rank(), "idle_steps": self._idle_steps, "counters": self.graph.counters(),
+                "counter_parts": self.graph.counter_parts(),
                 "seconds": {k: round(v, 3) for k, v in self.clock.seconds.items()}}
 
     def mark_complete(self) -> None:
@@ -672,6 +674,12 @@ def merge_counters(per_rank: List[Dict[str, float]]) -> Dict[str, float]:
         if out.get(f"{ns}/candidates"):
             out[k] = out[f"{ns}/kept"] / out[f"{ns}/candidates"]
     return out
+
+
+def run_counters(parts: List[Any]) -> Dict[str, float]:
+    """The run's counters from every rank's ``InputGraph.counter_parts()``: the nodes' merged
+    over ranks, the shared listeners' (which heard every rank) from rank 0."""
+    return {**merge_counters([nodes for nodes, _ in parts]), **parts[0][1]}
 
 
 HEADLINE = ("final_test_error", "train_s", "examples_backpropagated", "kept_fraction", "epochs")

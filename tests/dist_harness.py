@@ -138,6 +138,8 @@ def worker(rank: int, world: int, port: int, store_path: str, out: str, examples
         t = Trainer(store, cfg)
         r = t.fit()
         _save(out, f"method-{name}", rank, params=params_vector(t.model))
+        if rank == 0:
+            _json(out, f"method-{name}", rank, r.metrics)
     dist.shutdown()
 
 

@@ -129,6 +129,10 @@ def test_a_budget_ends_every_rank_at_the_same_step(ran):
 def test_every_method_trains_under_two_processes(ran, name):
     a, b = (_npz(ran, f"method-{name}", r)["params"] for r in (0, 1))
     assert np.isfinite(a).all() and np.array_equal(a, b)
+    m = _json(ran, f"method-{name}")
+    if name == "autoassist":  # the assistant heard both ranks' trained batches, once each
+        published = m["counters"]["aa/published"]
+        assert published == m["ranks"][0]["counters"]["aa/published"] and published > m["steps"]
 
 
 # ---------------------------------------------------------------- the stages under torchrun
