@@ -527,6 +527,20 @@ class Trainer:
             state["ranks"] = self._last_ranks
             save_checkpoint(self.checkpoint_path, state)
 
+    def _after_step(self, eval_due: bool, stop: bool) -> None:
+        """What follows every step: evaluate on schedule (or when ``eval_due``), checkpoint and
+        stop when ``stop`` (a signal), checkpoint every ``checkpoint_every`` steps."""
+        cfg = self.cfg
+        if (cfg.eval_every and self.p.step % cfg.eval_every == 0) or eval_due:
+            self._eval_point()
+        if stop:
+            self.save()
+            raise KeyboardInterrupt(f"{self._stop_reason} at step {self.p.step}; checkpoint "
+                                    f"saved to {self.checkpoint_path}; rerun to resume")
+        if cfg.checkpoint_every and self.p.step % cfg.checkpoint_every == 0:
+            self.save()
+        self.clock.lap("other")
+
     def _loop(self, bar) -> None:
         cfg = self.cfg
         with self._signals():
@@ -541,15 +555,7 @@ class Trainer:
                     self._carve_selection_time()
                     self._step(batch)
                     bar.update(1)
-                    if (cfg.eval_every and self.p.step % cfg.eval_every == 0) or self._eval_due_by_time():
-                        self._eval_point()
-                    if self._stop_reason is not None:
-                        self.save()
-                        raise KeyboardInterrupt(f"{self._stop_reason} at step {self.p.step}; checkpoint "
-                                                f"saved to {self.checkpoint_path}; rerun to resume")
-                    if cfg.checkpoint_every and self.p.step % cfg.checkpoint_every == 0:
-                        self.save()
-                    self.clock.lap("other")
+                    self._after_step(self._eval_due_by_time(), self._stop_reason is not None)
                     if self._out_of_budget():
                         break
                 if self._out_of_budget():
@@ -598,16 +604,9 @@ class Trainer:
                     else:
                         self._idle_step(self._done)
                     bar.update(1)
-                    if (cfg.eval_every and self.p.step % cfg.eval_every == 0) or flags[0, 4]:
-                        self._eval_point()
                     if flags[:, 3].any():
                         self._stop_reason = self._stop_reason or "a signal on another rank"
-                        self.save()
-                        raise KeyboardInterrupt(f"{self._stop_reason} at step {self.p.step}; checkpoint "
-                                                f"saved to {self.checkpoint_path}; rerun to resume")
-                    if cfg.checkpoint_every and self.p.step % cfg.checkpoint_every == 0:
-                        self.save()
-                    self.clock.lap("other")
+                    self._after_step(bool(flags[0, 4]), bool(flags[:, 3].any()))
                 if self._budget_hit:
                     break
                 if not cfg.eval_every and not cfg.eval_every_s:
