@@ -281,6 +281,7 @@ choose: {{metric: entropy, rule: single, fraction: 0.5}}
 tracking:
   experiment: {experiment}
   pipeline: online-e2e
+  log_model: false             # logging a model is tested once (the default pipeline's test)
 report:
   baseline: traditional
   cost_reps: 2
@@ -394,6 +395,7 @@ target:
 tracking:
   experiment: {experiment}
   pipeline: svp-e2e
+  log_model: false
 report:
   baseline: full
   targets: [1.1, 1.2]
@@ -484,6 +486,7 @@ choose: {{metric: entropy, rule: single}}
 tracking:
   experiment: {experiment}
   pipeline: text-e2e
+  log_model: false             # logging a model is tested once (the default pipeline's test)
 report:
   baseline: traditional
   cost_reps: 2
