@@ -74,10 +74,12 @@ class InputGraph:
         candidate_batch_size: ids per sampled batch.
     """
 
-    LOADER_KEY, TABLE_KEY, LISTENERS_KEY, EXCHANGE_KEY = "loader", "loss_table", "listeners", "exchange"
+    LOADER_KEY, TABLE_KEY, LISTENERS_KEY, EXCHANGE_KEY, HANDLE_KEY = ("loader", "loss_table", "listeners", "exchange",
+                                                                      "model_handle")
 
     def __init__(self, loader: Loader, root: BaseNode, loss_table: Optional[LossTable],
-                 listeners: List[Tuple[str, Any]], candidate_batch_size: int, exchange: Optional[Exchange] = None):
+                 listeners: List[Tuple[str, Any]], candidate_batch_size: int, exchange: Optional[Exchange] = None,
+                 handle: Any = None):
         self.loader, self.root, self.loss_table = loader, root, loss_table
         self.listeners = listeners
         self.candidate_batch_size = candidate_batch_size
@@ -85,6 +87,8 @@ class InputGraph:
         self._pending: Optional[Dict[str, Any]] = None  # a loader state loaded, not iterated yet
         self.exchange = exchange if exchange is not None else Exchange(live=False)
         self._trained = self.exchange.channel("trained", self._observe_remote)
+        # the ModelHandle selection scores through: its measured choices are part of the state
+        self.handle = handle if hasattr(handle, "state_dict") else None
         self._step = 0
 
     def __iter__(self):
@@ -132,7 +136,8 @@ class InputGraph:
         return {self.LOADER_KEY: self._loader_state(),
                 self.TABLE_KEY: None if self.loss_table is None else self.loss_table.state_dict(),
                 self.LISTENERS_KEY: {name: l.state_dict() for name, l in self.listeners if hasattr(l, "state_dict")},
-                **({self.EXCHANGE_KEY: self.exchange.state_dict()} if self.exchange.live else {})}
+                **({self.EXCHANGE_KEY: self.exchange.state_dict()} if self.exchange.live else {}),
+                **({self.HANDLE_KEY: self.handle.state_dict()} if self.handle is not None else {})}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore a ``state_dict``; the loader's part takes effect at the next ``iter``."""
@@ -150,6 +155,8 @@ class InputGraph:
             if hasattr(listener, "load_state_dict"):
                 listener.load_state_dict(state[self.LISTENERS_KEY][name])
         self.exchange.load_state_dict(state.get(self.EXCHANGE_KEY, {}))
+        if self.handle is not None and self.HANDLE_KEY in state:
+            self.handle.load_state_dict(state[self.HANDLE_KEY])
 
     def counters(self) -> Dict[str, float]:
         """Every method's counters, as of the batches handed out so far (namespaced keys);
@@ -165,7 +172,10 @@ class InputGraph:
         for _, listener in self.listeners:
             if hasattr(listener, "counters"):
                 listeners.update(listener.counters())
-        return collect_counters(self._loader_state()), listeners
+        nodes = collect_counters(self._loader_state())
+        if self.handle is not None:
+            nodes.update(self.handle.counters())
+        return nodes, listeners
 
     def shutdown(self) -> None:
         """Stop every node's workers (nodes that hold one implement ``shutdown``, the name later
@@ -280,4 +290,5 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
     for method, mcfg in stack:
         if method.slot in ("batches", "weight"):
             node = method.build(node, ctx, mcfg)
-    return InputGraph(Loader(node, restart_on_stop_iteration=False), node, table, ctx.listeners, cand, exchange)
+    return InputGraph(Loader(node, restart_on_stop_iteration=False), node, table, ctx.listeners, cand, exchange,
+                      handle=model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -28,6 +28,33 @@ class ModelHandle:
         self.model, self.task, self.device = model, task, device
         self.autocast = autocast or nullcontext
         self.seconds = 0.0
+        # precision: "auto"'s measured choice and its timings (checkpointed with the graph)
+        self.choice: Optional[Dict[str, float | str]] = None
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"choice": self.choice}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.choice = state.get("choice")  # type: ignore[assignment]
+
+    def counters(self) -> Dict[str, float]:
+        """The ``auto`` precision's choice and timings, once made (else nothing)."""
+        if self.choice is None:
+            return {}
+        return {"selection/bf16_fraction": float(self.choice["precision"] == "bf16"),
+                "selection/fp32_ms": float(self.choice["fp32_ms"]), "selection/bf16_ms": float(self.choice["bf16_ms"])}
+
+    def _resolve(self, precision: str, forward) -> str:
+        """``auto`` -> the precision measured faster here on the first batch scored (kept)."""
+        if precision != "auto":
+            return precision
+        if self.choice is None:
+            from selectkit.autotune import pick_precision, time_forward
+
+            sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+            ms = {p: time_forward(lambda p=p: forward(p), sync=sync) for p in ("fp32", "bf16")}
+            self.choice = {"precision": pick_precision(ms), "fp32_ms": ms["fp32"], "bf16_ms": ms["bf16"]}
+        return str(self.choice["precision"])
 
     @torch.inference_mode()
     def losses(self, x: torch.Tensor, y: torch.Tensor, mode: str = "eval", precision: str = "fp32") -> torch.Tensor:
@@ -37,7 +64,8 @@ class ModelHandle:
             mode: ``eval`` (BatchNorm uses running statistics) or ``train`` (batch statistics;
                 BatchNorm's running statistics are updated as in a training forward).
             precision: ``fp32``, or ``bf16`` for a bfloat16-autocast forward (selection only
-                ranks losses, which bf16's ~1e-3 error does not disturb).
+                ranks losses, which bf16's ~1e-3 error does not disturb), or ``auto``: whichever
+                measures faster here (selectkit/autotune.py), chosen on the first call.
 
         Raises:
             RuntimeError: the model is not in training mode, or not on the handle's device.
@@ -55,9 +83,13 @@ class ModelHandle:
             model.eval()
         try:
             xb, yb = self.task.to_device({"x": x, "y": y}, self.device)
-            ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16" else self.autocast()
-            with ctx:
-                out = self.task.forward(model, xb)
+
+            def forward(p: str):
+                ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if p == "bf16" else self.autocast()
+                with ctx:
+                    return self.task.forward(model, xb)
+
+            out = forward(self._resolve(precision, forward))
             losses = self.task.losses(out, yb)
         finally:
             model.train()

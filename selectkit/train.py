@@ -627,6 +627,9 @@ class Trainer:
         last = self.p.history[-1]
         selection = next((s for m, c in self.cfg.stack if (s := m.selection(c)) is not None),
                          {"batch_size": self.cfg.input.batch_size, "mode": "eval", "precision": "fp32"})
+        if selection.get("precision") == "auto":  # what the measurement chose (modelled costs use it)
+            choice = self.handle.choice or {"precision": "fp32"}  # none made: no selection forward ran
+            selection = {**selection, "precision": choice["precision"], "auto": dict(choice)}
         return {
             "label": self.cfg.label, "methods": to_dict(self.cfg)["methods"], "seed": self.cfg.seed,
             "final_test_error": last["test_error"], "final_test_loss": last["test_loss"],
@@ -657,7 +660,7 @@ class Trainer:
 
 # Counters that are a rate, a model's figure or seconds, not a count: averaged over ranks; every
 # other counter is a count, summed (a method naming its counters this way needs nothing more).
-_AVERAGED = ("_fraction", "_rate", "/accuracy", "/auc", "/lambda", "/threshold", "_overlap", "_s", "/updates",
+_AVERAGED = ("_fraction", "_rate", "/accuracy", "/auc", "/lambda", "/threshold", "_overlap", "_s", "_ms", "/updates",
              "/tested", "/pruning_epochs", "_in")
 
 

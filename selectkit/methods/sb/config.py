@@ -18,8 +18,9 @@ class SBConfig:
     floor: float = 0.0  # minimum keep probability
     warmup_epochs: int = 0  # epochs of Traditional training before selection starts
     selection_mode: str = "eval"  # eval | train: the model's mode during selection forwards
-    # fp32 | bf16: precision of selection forwards (bf16 autocast; on CPUs with AVX512-BF16 it
-    # halves their cost, elsewhere it may be slower: measure with benchmarks/cost_ratio.py)
+    # fp32 | bf16 | auto: precision of selection forwards (bf16 autocast; on CPUs with AVX512-BF16
+    # it halves their cost, elsewhere it may be slower); auto measures both on the first batch
+    # and keeps the faster (selectkit/autotune.py; the choice is in run.json and MLflow)
     selection_precision: str = "fp32"
     staleness: int = 1  # 1 = SB; n > 1 = Stale-SB: selection forwards every n-th epoch only
 
@@ -32,7 +33,7 @@ class SBConfig:
         _check(self.warmup_epochs >= 0, "train.methods.sb.warmup_epochs", self.warmup_epochs, ">= 0")
         _check(self.staleness >= 1, "train.methods.sb.staleness", self.staleness, ">= 1 (1 is plain SB)")
         _choice("train.methods.sb.selection_mode", self.selection_mode, ["eval", "train"])
-        _choice("train.methods.sb.selection_precision", self.selection_precision, ["fp32", "bf16"])
+        _choice("train.methods.sb.selection_precision", self.selection_precision, ["fp32", "bf16", "auto"])
 
 
 def check_run(cfg: SBConfig, train) -> None:
