@@ -65,8 +65,6 @@ class Exchange:
     def __init__(self, live: bool = False):
         self.live = live
         self.channels: List[Channel] = []
-        self.syncs = 0
-        self.values_sent = 0
         # values per rank that one all-gather carries: grown (identically on every rank, as all
         # see the same lengths) to the largest message seen, so a step costs one collective
         self.capacity = 64
@@ -101,8 +99,6 @@ class Exchange:
             return head[None, :]
         parts = [c.take() for c in self.channels]
         msg = np.concatenate([head, [len(p) for p in parts], *parts])
-        self.values_sent += sum(len(p) for p in parts)
-        self.syncs += 1
         rows = dist.all_gather_array(msg, self.capacity)
         longest = max(len(m) for m in rows)
         if longest > self.capacity:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torchdata.nodes import BaseNode, Loader, Mapper, PinMemory, Prefetcher
 
+from selectkit.dist import rank_seed
 from selectkit.exchange import Exchange
 from selectkit.losstable import LossTable
 from selectkit.methods import MethodStack
@@ -272,8 +273,6 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
     table = LossTable(len(task)) if any(m.uses_loss_table for m, _ in stack) else None
     if table is not None:
         table.share(exchange)
-    from selectkit.dist import rank_seed
-
     own = rank_seed(seed, rank, world_size)
     ctx = MethodContext(task=task, seed=seed, batch_size=batch_size, candidate_batch_size=cand, epochs=epochs,
                         model=model, loss_table=table, exchange=exchange, rank_seed=own)

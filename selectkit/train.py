@@ -192,13 +192,18 @@ class Trainer:
             ranks = dist.gather_object(self._rank_state())
             if self.main:
                 self._last_ranks = ranks
-                state = self._state(complete)
-                state["ranks"] = ranks
-                save_checkpoint(self.checkpoint_path, state)
+                self._write_checkpoint(complete)
             dist.barrier()
         elif self.main:
-            save_checkpoint(self.checkpoint_path, self._state(complete))
+            self._write_checkpoint(complete)
         self.clock.lap("checkpoint")
+
+    def _write_checkpoint(self, complete: bool) -> None:
+        """Rank 0's write: the shared state, and every rank's own as last gathered."""
+        state = self._state(complete)
+        if self._last_ranks is not None:
+            state["ranks"] = self._last_ranks
+        save_checkpoint(self.checkpoint_path, state)
 
     def _resumable(self, ckpt: Dict[str, Any]) -> bool:
         return (_resume_key(ckpt["config"]) == _resume_key(to_dict(self.cfg)) and not ckpt["complete"]
@@ -511,9 +516,9 @@ class Trainer:
 
     def _rank_summary(self) -> Dict[str, Any]:
         """What one rank did: its steps with nothing to train, its methods' counters."""
-        return {"rank": dist.rank(), "idle_steps": self._idle_steps, "counters": self.graph.counters(),
-                "counter_parts": self.graph.counter_parts(),
-                "seconds": {k: round(v, 3) for k, v in self.clock.seconds.items()}}
+        nodes, listeners = parts = self.graph.counter_parts()
+        return {"rank": dist.rank(), "idle_steps": self._idle_steps, "counters": {**nodes, **listeners},
+                "counter_parts": parts, "seconds": {k: round(v, 3) for k, v in self.clock.seconds.items()}}
 
     def mark_complete(self) -> None:
         """Mark the checkpoint finished (after a ``fit(complete=False)``'s outputs are written):
@@ -523,9 +528,7 @@ class Trainer:
         if not self.distributed:
             self.save(complete=True)
         elif self.main and self.checkpoint_path is not None and self._last_ranks is not None:
-            state = self._state(True)
-            state["ranks"] = self._last_ranks
-            save_checkpoint(self.checkpoint_path, state)
+            self._write_checkpoint(complete=True)
 
     def _after_step(self, eval_due: bool, stop: bool) -> None:
         """What follows every step: evaluate on schedule (or when ``eval_due``), checkpoint and
