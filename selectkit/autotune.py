@@ -1,5 +1,24 @@
 """Settings that depend on the machine, chosen by measuring on it.
 
+Before the input graph is built, ``tune`` resolves the run's other ``auto`` settings on a copy of
+the model and a few real candidates (well under a second for the reference CNN):
+
+- ``train.channels_last: auto``: a training forward + backward at the batch size in channels_last
+  and in the contiguous format; channels_last unless contiguous is clearly faster.
+- ``train.methods.sb.selection_batch_size: auto``: selection forwards of 1, 2 and 4 training
+  batches of candidates; the smallest unless a larger one is clearly cheaper per example (larger
+  batches amortise per-call costs on a GPU; on a 2-core CPU they ran slower per example).
+- ``input.prefetch: auto``: a prefetch thread on CUDA, with a core to spare, or when loading a
+  candidate batch costs at least 5 % of a training step; else loading in the training thread
+  (a third thread on a CPU whose cores all compute preempts the compute threads, and what
+  loading ahead can save is that small share).
+
+"Clearly" is ``MARGIN``: an alternative is taken only under 0.9 of the preferred one's time, so
+runs on one machine choose alike and their errors repeat. Under several processes rank 0
+measures and every rank takes its choices. They are kept in the checkpoint (a resumed run uses
+them, not a new measurement), written to run.json (``autotune``) and logged to MLflow
+(``autotune/*`` metrics at step 0).
+
 ``selection_precision: auto``: the first selection forward of a run times the batch it was given
 in fp32 and in bf16 autocast (one warm-up and three timed forwards each, the median) and keeps
 bf16 only where it is clearly faster. On CPUs with AVX512-BF16 bf16 forwards can cost half; on
@@ -12,8 +31,15 @@ it) and is reported with its timings (counters ``selection/bf16_fraction``, ``se
 
 from __future__ import annotations
 
+import copy
+import os
 import time
-from typing import Callable, Dict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
 
 # bf16 ranks losses with about 1e-3 relative error: worth it only when clearly faster
 BF16_MARGIN = 0.9
@@ -21,7 +47,7 @@ BF16_MARGIN = 0.9
 
 def pick_precision(timings_ms: Dict[str, float], margin: float = BF16_MARGIN) -> str:
     """``bf16`` when its forward took under ``margin`` times fp32's, else ``fp32``."""
-    return "bf16" if timings_ms["bf16"] < margin * timings_ms["fp32"] else "fp32"
+    return pick(timings_ms, "fp32", margin)
 
 
 def time_forward(forward: Callable[[], object], reps: int = 3, sync: Callable[[], None] = lambda: None) -> float:
@@ -35,3 +61,191 @@ def time_forward(forward: Callable[[], object], reps: int = 3, sync: Callable[[]
         sync()
         times.append(1000 * (time.perf_counter() - t0))
     return sorted(times)[len(times) // 2]
+
+
+# ---------------------------------------------------------------- settings chosen before a run
+# A setting is switched away from its preferred value only when the alternative measured
+# clearly faster: runs on one machine then choose alike (the errors repeat bit for bit), and a
+# near tie, where the choice hardly matters, does not flip with the machine's noise.
+MARGIN = 0.9
+# Loading a candidate batch in the training thread costs under this share of a training step:
+# a prefetch thread can save at most that, and on a CPU whose cores all compute it costs more
+# (it preempts the compute threads; README, "Overhead of the input graph").
+PREFETCH_SHARE = 0.05
+PREFETCH_DEPTH = 2
+
+
+def pick(timings: Dict[Any, float], prefer: Any, margin: float = MARGIN) -> Any:
+    """``prefer``, unless another option took under ``margin`` of its time: then the fastest."""
+    best = min(timings, key=lambda k: (timings[k], k != prefer))
+    return best if timings[best] < margin * timings[prefer] else prefer
+
+
+def pick_batch_size(per_example: Dict[int, float], margin: float = MARGIN) -> int:
+    """The smallest selection batch that no other size beats clearly (under ``margin`` of its
+    time per example). Smaller batches rank fresher losses and hold less memory."""
+    best = min(per_example.values())
+    return min(n for n, t in per_example.items() if best >= margin * t)
+
+
+def pick_prefetch(load_ms: float, step_ms: float, spare_cores: bool, cuda: bool) -> int:
+    """Batches to load ahead: a prefetch thread pays on CUDA (the CPU is otherwise idle), with a
+    core to spare, or when loading costs a sizeable share of a step; else 0 (load in the
+    training thread, which leaves every core to the training step)."""
+    if cuda or spare_cores or load_ms >= PREFETCH_SHARE * step_ms:
+        return PREFETCH_DEPTH
+    return 0
+
+
+@dataclass
+class Probe:
+    """What ``tune`` measures on: the run's task, a model like the one trained (deep-copied,
+    never trained), the device, some candidate ids and the (first) training batch size."""
+
+    task: Any
+    model: torch.nn.Module
+    device: torch.device
+    ids: np.ndarray
+    batch_size: int
+
+    def batch(self, n: int) -> Dict[str, Any]:
+        ids = np.sort(self.ids[:n]) if len(self.ids) >= n else np.resize(self.ids, n)
+        return self.task.loader("none", seed=0)({"ids": ids, "epoch": 0, "index": 0, "num_batches": 1})
+
+    def _inputs(self, n: int, fmt: torch.memory_format):
+        xb, yb = self.task.to_device(self.batch(n), self.device)
+        return (xb.contiguous(memory_format=fmt) if torch.is_tensor(xb) else xb), yb
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step_ms(self, channels_last: bool) -> float:
+        """A training forward + backward at the batch size, in a memory format (no optimizer
+        step; the copy's weights never change)."""
+        fmt = self.task.memory_format_for(channels_last)
+        model = copy.deepcopy(self.model).to(self.device, memory_format=fmt).train()
+        xb, yb = self._inputs(self.batch_size, fmt)
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            self.task.losses(self.task.forward(model, xb), yb).mean().backward()
+        return time_forward(step, reps=5, sync=self._sync)
+
+    def forward_us(self, n: int, channels_last: bool, mode: str, precision: str) -> float:
+        """Microseconds per example of a selection forward (no graph) on ``n`` candidates."""
+        fmt = self.task.memory_format_for(channels_last)
+        model = copy.deepcopy(self.model).to(self.device, memory_format=fmt).train(mode == "train")
+        xb, yb = self._inputs(n, fmt)
+
+        @torch.inference_mode()
+        def forward():
+            ctx = (torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
+            with ctx:
+                self.task.losses(self.task.forward(model, xb), yb).cpu()
+        return 1000 * time_forward(forward, reps=5, sync=self._sync) / n
+
+    def load_ms(self, n: int) -> float:
+        """Loading ``n`` candidates (what the prefetch thread would do ahead)."""
+        return time_forward(lambda: self.batch(n))
+
+
+def selection_batch_sizes(batch_size: int, num_ids: int) -> List[int]:
+    """The selection batches ``auto`` tries: 1, 2 and 4 training batches (no more than the ids)."""
+    return sorted({min(k * batch_size, max(num_ids, batch_size)) for k in (1, 2, 4)})
+
+
+def tune(probe: Probe, channels_last: Any, prefetch: Any, stack: Sequence[Tuple[Any, Any]],
+         measure: bool = True) -> Dict[str, Dict[str, Any]]:
+    """Resolve a run's ``auto`` settings by measuring on ``probe`` (one entry per setting that was
+    ``auto``: its ``choice`` and the timings it came from). Settings given explicitly are not
+    measured. The torch RNG is left as it was: a run with ``auto`` trains exactly like one given
+    the values it chose.
+
+    Args:
+        channels_last: ``train.channels_last`` (True, False or "auto").
+        prefetch: ``input.prefetch`` (an int or "auto").
+        stack: the run's (Method, config) pairs; a method whose ``selection(cfg)["batch_size"]``
+            is "auto" gets a measured selection batch size.
+    """
+    out: Dict[str, Dict[str, Any]] = {}
+    with torch.random.fork_rng(devices=[probe.device] if probe.device.type == "cuda" else []):
+        cl = channels_last
+        applies = probe.task.memory_format_for(True) != probe.task.memory_format_for(False)
+        step = None
+        if cl == "auto":
+            if applies:
+                ms = {True: probe.step_ms(True), False: probe.step_ms(False)}
+                cl = bool(pick(ms, True))
+                out["channels_last"] = {"choice": cl, "channels_last_ms": ms[True], "contiguous_ms": ms[False]}
+                step = ms[cl]
+            else:  # the task has one memory format (text): nothing to measure
+                cl = False
+                out["channels_last"] = {"choice": False, "channels_last_ms": None, "contiguous_ms": None}
+        cand = probe.batch_size
+        for method, mcfg in stack:
+            sel = method.selection(mcfg)
+            if _auto_batch(method, mcfg):
+                sizes = selection_batch_sizes(probe.batch_size, len(probe.ids))
+                precision = "fp32" if sel.get("precision") == "auto" else sel.get("precision", "fp32")
+                us = {n: probe.forward_us(n, cl, sel.get("mode", "eval"), precision) for n in sizes}
+                n = pick_batch_size(us)
+                out[f"{method.name}/selection_batch_size"] = {
+                    "choice": n, "per_example_us": {str(k): v for k, v in us.items()}, "precision": precision}
+            if sel is not None:
+                cand = max(cand, out.get(f"{method.name}/selection_batch_size", {}).get("choice", sel["batch_size"]))
+        if prefetch == "auto":
+            cuda = probe.device.type == "cuda"
+            spare = spare_cores()
+            load = probe.load_ms(cand)
+            step = step if step is not None else probe.step_ms(bool(cl))
+            out["prefetch"] = {"choice": pick_prefetch(load, step, spare, cuda), "load_ms": load, "step_ms": step,
+                               "candidate_batch": cand, "spare_cores": spare}
+    return out
+
+
+def _auto_batch(method, mcfg) -> bool:
+    sel = method.selection(mcfg)
+    return method.tune_selection_batch is not None and sel is not None and sel.get("batch_size") == "auto"
+
+
+def wants_tuning(channels_last: Any, prefetch: Any, stack: Sequence[Tuple[Any, Any]]) -> bool:
+    """Whether any of these settings is ``auto`` (else ``tune`` has nothing to measure)."""
+    return channels_last == "auto" or prefetch == "auto" or any(_auto_batch(m, c) for m, c in stack)
+
+
+def resolve_stack(stack: Sequence[Tuple[Any, Any]], tuned: Dict[str, Dict[str, Any]]) -> List[Tuple[Any, Any]]:
+    """The stack with each measured selection batch size put into its method's config."""
+    out = []
+    for method, mcfg in stack:
+        t = tuned.get(f"{method.name}/selection_batch_size")
+        if t is not None:
+            mcfg = method.tune_selection_batch(mcfg, int(t["choice"]))
+        elif _auto_batch(method, mcfg):
+            raise ValueError(f"{method.name}'s selection batch size is auto but was not measured: "
+                             f"resolve it with selectkit.autotune.tune first")
+        out.append((method, mcfg))
+    return out
+
+
+def spare_cores() -> bool:
+    """Whether this machine's cores outnumber the compute threads of every process on it."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return cores > torch.get_num_threads() * per_machine
+
+
+def counters(tuned: Dict[str, Dict[str, Any]]) -> Dict[str, float]:
+    """The choices and their timings as flat numbers (MLflow metrics at step 0)."""
+    out: Dict[str, float] = {}
+    for key, t in tuned.items():
+        out[f"autotune/{key}"] = float(t["choice"])
+        for k, v in t.items():
+            if k != "choice" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"autotune/{key}/{k}"] = float(v)
+            elif isinstance(v, dict):
+                out.update({f"autotune/{key}/{k}/{kk}": float(vv) for kk, vv in v.items()})
+    return out

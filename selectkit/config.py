@@ -104,8 +104,10 @@ class InputConfig:
     batch_size: int = 128
     # none | flip | crop_flip (random crop with 2-pixel padding plus horizontal flip)
     augment: str = "none"
-    # Batches loaded ahead in a background thread; 0 loads in the training thread.
-    prefetch: int = 2
+    # Batches loaded ahead in a background thread; 0 loads in the training thread; auto: a
+    # thread on CUDA, with a core to spare, or where loading costs >= 5 % of a training step,
+    # else 0 (measured at the start of the run: selectkit/autotune.py)
+    prefetch: Any = "auto"
     # A .npy file of train example ids to restrict the sampler to (e.g. an SVP subset).
     subset: Optional[str] = None
     # Which ids training draws from: train = the train split minus the store's holdout
@@ -123,7 +125,9 @@ class InputConfig:
         _check(self.group_by_length >= 0, "input.group_by_length", self.group_by_length,
                ">= 0 batches per length-sorting window (0: off)")
         _choice("input.augment", self.augment, ["none", "flip", "crop_flip"])
-        _check(self.prefetch >= 0, "input.prefetch", self.prefetch, ">= 0")
+        _check(self.prefetch == "auto" or (isinstance(self.prefetch, int) and not isinstance(self.prefetch, bool)
+                                           and self.prefetch >= 0), "input.prefetch", self.prefetch,
+               "an integer >= 0 (batches loaded ahead; 0: none) or auto")
         _choice("input.split", self.split, ["train", "holdout"])
         if self.split == "holdout":
             _check(self.subset is None, "input.subset", self.subset,
@@ -160,7 +164,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # bf16/fp16 autocast on CUDA
-    channels_last: bool = True
+    # channels_last memory format for inputs and model (true | false | auto: measured at the
+    # start of the run, a training step in each format; selectkit/autotune.py)
+    channels_last: Any = "auto"
     threads: Optional[int] = None  # torch intra-op threads; null keeps torch's default
     # Evaluate test error every N optimizer steps (0: at each epoch end only), and at the end.
     eval_every: int = 200
@@ -193,6 +199,7 @@ class TrainConfig:
             _check(self.budget_s > 0, "train.budget_s", self.budget_s, "> 0 seconds, or null")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                "train.device", self.device, "auto, cpu, cuda or cuda:N")
+        _choice("train.channels_last", self.channels_last, [True, False, "auto"])
         if self.threads is not None:
             _check(self.threads >= 1, "train.threads", self.threads, ">= 1, or null")
         for key in ("eval_every", "log_every", "checkpoint_every"):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torchdata.nodes import BaseNode, Loader, Mapper, PinMemory, Prefetcher
 
+from selectkit.autotune import Probe, resolve_stack, tune, wants_tuning
 from selectkit.dist import rank_seed
 from selectkit.exchange import Exchange
 from selectkit.losstable import LossTable
@@ -266,6 +267,13 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
         share: exchange losses with the other ranks of a running process group (the trainer's
             ``sync`` each step); off, each rank's methods learn from their own shard only.
     """
+    tuned: Dict[str, Any] = {}
+    if wants_tuning(False, 0, stack):  # e.g. SB's selection_batch_size: auto, not resolved by the caller
+        if model is None:
+            raise ValueError("an auto selection batch size is measured with the model: build the input graph "
+                             "with a model (selectkit.SelectiveLoader(..., model=model))")
+        tuned = tune(Probe(task, model.model, model.device, np.asarray(ids), batch_size), False, 0, stack)
+        stack = resolve_stack(stack, tuned)
     cand = batch_size
     for method, mcfg in stack:
         cand = method.candidate_batch_size(mcfg, cand)
@@ -289,5 +297,7 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
     for method, mcfg in stack:
         if method.slot in ("batches", "weight"):
             node = method.build(node, ctx, mcfg)
-    return InputGraph(Loader(node, restart_on_stop_iteration=False), node, table, ctx.listeners, cand, exchange,
-                      handle=model)
+    graph = InputGraph(Loader(node, restart_on_stop_iteration=False), node, table, ctx.listeners, cand, exchange,
+                       handle=model)
+    graph.tuned = tuned  # what was measured here (the trainer measures before and passes a resolved stack)
+    return graph

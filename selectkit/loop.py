@@ -71,6 +71,8 @@ class SelectiveLoader:
         self.graph = build_input_graph(self.task, stack, candidate_ids(self.task, ids), batch_size=batch_size,
                                        seed=seed, model=handle, prefetch=prefetch, rank=rank, world_size=world_size,
                                        epochs=epochs)
+        # settings left auto (SB's selection_batch_size): what was measured and chosen
+        self.tuned = self.graph.tuned
         self._step = 0
 
     def __iter__(self):

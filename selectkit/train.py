@@ -116,10 +116,15 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.distributed = dist.init(self.device.type, cfg.dist_timeout_s)
         self.main = dist.is_main_process()
-        self.task = task_for(store, channels_last=cfg.channels_last, batch_size=cfg.input.batch_size,
+        # channels_last: auto starts in channels_last; _apply_tuned switches if measured slower
+        self.task = task_for(store, channels_last=cfg.channels_last is not False, batch_size=cfg.input.batch_size,
                              group_by_length=cfg.input.group_by_length)
         torch.manual_seed(cfg.seed)
         self.model = self.task.prepare_model(make_model(cfg.model, self.task), self.device)
+        self.ids = ids if ids is not None else candidate_ids(self.task, cfg.input.subset, cfg.input.split)
+        # settings given as auto, measured here before anything depends on them (rank 0's choice)
+        self.tuned = self._tune()
+        self._apply_tuned(self.tuned)
         self.optimizer = make_optimizer(self.model, cfg)
         # the training forward's module: DDP all-reduces gradients in backward (and broadcasts
         # rank 0's parameters now and its buffers each forward); selection scores the bare model
@@ -137,13 +142,7 @@ class Trainer:
             self.amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.handle = ModelHandle(self.model, self.task, self.device, self.autocast)
-        self.ids = ids if ids is not None else candidate_ids(self.task, cfg.input.subset, cfg.input.split)
-        self.graph = build_input_graph(
-            self.task, cfg.stack, self.ids,
-            batch_size=cfg.input.batch_size, seed=cfg.seed, model=self.handle, augment=cfg.input.augment,
-            prefetch=cfg.input.prefetch, pin_memory=self.device.type == "cuda", drop_last=cfg.input.drop_last,
-            epochs=cfg.epochs, rank=dist.rank(), world_size=dist.world_size(),
-            group_by_length=cfg.input.group_by_length, share=self.distributed)
+        self.graph = self._build_graph()
         self.model_sig = model_signature(cfg.model)
         self.p = _Progress()
         self.clock = PhaseClock(self.device)
@@ -162,6 +161,45 @@ class Trainer:
         self._last_eval_step = -1  # every rank's record of the last evaluation (an agreed point)
         self._last_ranks: Optional[List[Dict[str, Any]]] = None  # the ranks' states at the last save
 
+    # ---------------------------------------------------------------- measured settings
+    def _tune(self) -> Dict[str, Dict[str, Any]]:
+        """The run's ``auto`` settings measured on this machine (selectkit/autotune.py); {} when
+        none is auto. Under several processes rank 0 measures and every rank takes its choices."""
+        cfg = self.cfg
+        from selectkit.autotune import Probe, tune, wants_tuning
+
+        if not wants_tuning(cfg.channels_last, cfg.input.prefetch, cfg.stack):
+            return {}
+        tuned = None
+        if self.main:
+            probe = Probe(self.task, self.model, self.device, self.ids, cfg.input.batch_size)
+            tuned = tune(probe, cfg.channels_last, cfg.input.prefetch, cfg.stack)
+        if self.distributed:
+            tuned = dist.all_gather_object(tuned)[0]
+        return tuned
+
+    def _apply_tuned(self, tuned: Dict[str, Dict[str, Any]]) -> None:
+        """Take measured (or checkpointed) choices: the memory format of task and model, the
+        input's prefetch depth and the methods' selection batches (``self.stack``)."""
+        from selectkit.autotune import resolve_stack
+
+        self.tuned = tuned
+        cl = tuned["channels_last"]["choice"] if "channels_last" in tuned else self.cfg.channels_last
+        self.channels_last = bool(cl)
+        self.task.memory_format = self.task.memory_format_for(self.channels_last)
+        self.model.to(memory_format=self.task.memory_format)
+        self.prefetch = int(tuned["prefetch"]["choice"] if "prefetch" in tuned else self.cfg.input.prefetch)
+        self.stack = resolve_stack(self.cfg.stack, tuned)
+
+    def _build_graph(self):
+        cfg = self.cfg
+        return build_input_graph(
+            self.task, self.stack, self.ids,
+            batch_size=cfg.input.batch_size, seed=cfg.seed, model=self.handle, augment=cfg.input.augment,
+            prefetch=self.prefetch, pin_memory=self.device.type == "cuda", drop_last=cfg.input.drop_last,
+            epochs=cfg.epochs, rank=dist.rank(), world_size=dist.world_size(),
+            group_by_length=cfg.input.group_by_length, share=self.distributed)
+
     # ---------------------------------------------------------------- checkpoint and resume
     def _state(self, complete: bool = False) -> Dict[str, Any]:
         return {
@@ -174,7 +212,7 @@ class Trainer:
             "step": self.p.step, "epoch": self.p.epoch, "counters": dict(self.p.counters),
             "history": list(self.p.history), "seconds": dict(self.clock.seconds), "complete": complete,
             "tracking_run_id": getattr(self.tracker, "run_id", None), "epochs_done": self._epochs_done,
-            "world_size": dist.world_size() if self.distributed else 1,
+            "world_size": dist.world_size() if self.distributed else 1, "autotune": self.tuned,
         }
 
     def _rank_state(self) -> Dict[str, Any]:
@@ -259,6 +297,10 @@ class Trainer:
             return False
         check_compatible(ckpt, path, self.model_sig, self.store.fingerprint)
         self._check_world(ckpt, path)
+        if "autotune" in ckpt and ckpt["autotune"] != self.tuned:  # keep the choices the run started with
+            self._apply_tuned(ckpt.get("autotune", {}))
+            self.graph.shutdown()
+            self.graph = self._build_graph()
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -488,6 +530,10 @@ class Trainer:
         elif resume is not None:
             self.resume(resume, strict=True)
         cfg = self.cfg
+        if self.tracker is not None and self.main and self.tuned:  # what auto chose, and why
+            from selectkit.autotune import counters as tuned_counters
+
+            self.tracker.log(tuned_counters(self.tuned), step=0)
         self.net.train()
         self.clock.restart()
         bar = self._bar = tqdm(total=None, desc=f"train {cfg.label}", disable=None if self.main else True,
@@ -628,7 +674,7 @@ class Trainer:
 
     def _summary(self) -> Dict[str, Any]:
         last = self.p.history[-1]
-        selection = next((s for m, c in self.cfg.stack if (s := m.selection(c)) is not None),
+        selection = next((s for m, c in self.stack if (s := m.selection(c)) is not None),
                          {"batch_size": self.cfg.input.batch_size, "mode": "eval", "precision": "fp32"})
         if selection.get("precision") == "auto":  # what the measurement chose (modelled costs use it)
             choice = self.handle.choice or {"precision": "fp32"}  # none made: no selection forward ran
@@ -648,7 +694,8 @@ class Trainer:
             # what the report needs to measure this run's per-example costs (modelled speedups)
             "model": self.model_sig, "task": self.task.name, "spec": self.task.spec_dict(),
             "num_classes": self.task.num_classes, "batch_size": self.cfg.input.batch_size,
-            "channels_last": self.cfg.channels_last, "selection": selection,
+            "channels_last": self.channels_last, "selection": selection, "prefetch": self.prefetch,
+            "autotune": self.tuned,
             # seconds of cached upstream stages this run consumed (SVP proxies, an irreducible-loss
             # model): the report adds them end to end
             "upstream_s": round(self._upstream_s(), 3),

@@ -20,6 +20,21 @@ def _session_env(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _equal_timings(request, monkeypatch):
+    """Settings left ``auto`` (selectkit/autotune.py) are measured; in-process tests see equal
+    timings for every option, so each takes its preferred value and runs compare bit for bit.
+    Tests marked ``measured`` time for real; tests of the choices inject their own timings."""
+    if request.node.get_closest_marker("measured") is None:
+        def equal(forward, reps=3, sync=None):
+            forward()  # the option still runs once: it must work
+            return 1.0
+
+        monkeypatch.setattr("selectkit.autotune.time_forward", equal)
+        # per example too: every selection batch size costs the same, the smallest is taken
+        monkeypatch.setattr("selectkit.autotune.Probe.forward_us", lambda self, n, *a, **k: 1.0)
+
+
 @pytest.fixture(scope="session")
 def digits_store(tmp_path_factory):
     from selectkit.config import DataConfig
@@ -74,7 +89,7 @@ def tiny_train_cfg(**overrides):
 
     values = {"model": {"name": "cnn", "args": {"channels": [8, 16]}}, "epochs": 2,
               "input": {"batch_size": 64, "prefetch": 2}, "eval_every": 10, "log_every": 5,
-              "checkpoint_every": 0, "threads": 1}
+              "checkpoint_every": 0, "threads": 1, "channels_last": True}
     for k, v in overrides.items():
         if isinstance(v, dict) and isinstance(values.get(k), dict):
             values[k] = {**values[k], **v}

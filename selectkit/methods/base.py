@@ -132,6 +132,9 @@ class Method:
         upstream_s: ``cfg -> seconds`` of the cached upstream stages a run with this config
             consumes (e.g. an irreducible-loss model's training and scoring), which the report
             adds to the run's training time end to end; 0 for methods that need none.
+        tune_selection_batch: ``(cfg, n) -> cfg`` with selection batches of ``n``, for methods
+            whose selection batch size may be ``auto`` (measured: selectkit/autotune.py); None
+            where that size is part of the method (RHO-LOSS keeps a fraction of each batch).
         report: its ReportSection, if it adds figures to the report.
         example: small, deterministic params used by the docs and the registry-driven tests.
         make_example: ``(task, directory) -> params`` for methods whose runs read an artifact:
@@ -153,6 +156,7 @@ class Method:
     passed: str = ""
     selection: Callable[[Any], Optional[Dict[str, Any]]] = _no_selection
     upstream_s: Callable[[Any], float] = _no_upstream
+    tune_selection_batch: Optional[Callable[[Any, int], Any]] = None
     report: Optional[ReportSection] = None
     example: Dict[str, Any] = field(default_factory=dict)
     make_example: Optional[Callable[[Any, Any], Dict[str, Any]]] = None

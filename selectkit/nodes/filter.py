@@ -35,14 +35,21 @@ def num_rows(batch: Batch) -> int:
 
 def take_rows(batch: Batch, rows) -> Batch:
     """The rows ``rows`` (indices or a boolean mask) of every per-row field of a batch."""
+    idx = np.asarray(rows)
+    if idx.dtype == bool:
+        idx = np.flatnonzero(idx)
+    idx = idx.astype(np.int64, copy=False)
+    index: Optional[torch.Tensor] = None  # one index tensor for every tensor field
     out = {}
     for k, v in batch.items():
         if k in POSITION_KEYS:
             out[k] = v
         elif isinstance(v, torch.Tensor):
-            out[k] = v[torch.as_tensor(rows, device=v.device)]
+            if index is None or index.device != v.device:
+                index = torch.from_numpy(idx).to(v.device)
+            out[k] = v.index_select(0, index)
         else:
-            out[k] = np.asarray(v)[np.asarray(rows)]
+            out[k] = np.asarray(v)[idx]
     return out
 
 

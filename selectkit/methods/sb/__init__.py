@@ -3,6 +3,8 @@ candidate with probability CDF_R(loss) ** beta. See README.md beside this file."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from selectkit.methods.base import Method, ReportSection
 from selectkit.methods.sb.config import SBConfig, check_run
 from selectkit.methods.sb.report import markdown, summarise
@@ -40,6 +42,7 @@ METHOD = Method(
     counters=("sb/candidates", "sb/kept", "sb/selection_forwarded", "sb/kept_fraction"),
     selection=lambda cfg: {"batch_size": cfg.selection_batch_size, "mode": cfg.selection_mode,
                            "precision": cfg.selection_precision},
+    tune_selection_batch=lambda cfg, n: replace(cfg, selection_batch_size=n),
     report=ReportSection(summarise=summarise, markdown=markdown),
     example={"beta": 1.0, "window": 64, "selection_batch_size": 64},
 )
