@@ -21,9 +21,9 @@ them, not a new measurement), written to run.json (``autotune``) and logged to M
 
 ``selection_precision: auto``: the first selection forward of a run times the batch it was given
 in fp32 and in bf16 autocast (one warm-up and three timed forwards each, the median) and keeps
-bf16 only where it is clearly faster. On CPUs with AVX512-BF16 bf16 forwards can cost half; on
-others they cost more (a Xeon measured 2.67 against 2.16 ms; this project's EPYC model 1 ran text
-models about 15x slower in bf16), so no fixed default is right everywhere. The choice is a pure
+bf16 only where it is clearly faster. On one EPYC of this project bf16 forwards cost half; a Xeon
+with AVX512-BF16 measured 2.67 against fp32's 2.16 ms, and an EPYC of family 25, model 1 42.6
+against 7.6 ms (and text models about 15x slower), so no fixed default is right everywhere. The choice is a pure
 function of the timings (``pick_precision``), is kept in the run's checkpoint (a resumed run keeps
 it) and is reported with its timings (counters ``selection/bf16_fraction``, ``selection/fp32_ms``,
 ``selection/bf16_ms``; run.json's ``selection``).
@@ -100,17 +100,20 @@ def pick_prefetch(load_ms: float, step_ms: float, spare_cores: bool, cuda: bool)
 @dataclass
 class Probe:
     """What ``tune`` measures on: the run's task, a model like the one trained (deep-copied,
-    never trained), the device, some candidate ids and the (first) training batch size."""
+    never trained), the device, some candidate ids, the training batch size, the training
+    forward's autocast (AMP) and the input's augmentation (loading costs include it)."""
 
     task: Any
     model: torch.nn.Module
     device: torch.device
     ids: np.ndarray
     batch_size: int
+    autocast: Callable[[], Any] = nullcontext
+    augment: str = "none"
 
     def batch(self, n: int) -> Dict[str, Any]:
         ids = np.sort(self.ids[:n]) if len(self.ids) >= n else np.resize(self.ids, n)
-        return self.task.loader("none", seed=0)({"ids": ids, "epoch": 0, "index": 0, "num_batches": 1})
+        return self.task.loader(self.augment, seed=0)({"ids": ids, "epoch": 0, "index": 0, "num_batches": 1})
 
     def _inputs(self, n: int, fmt: torch.memory_format):
         xb, yb = self.task.to_device(self.batch(n), self.device)
@@ -129,7 +132,9 @@ class Probe:
 
         def step():
             model.zero_grad(set_to_none=True)
-            self.task.losses(self.task.forward(model, xb), yb).mean().backward()
+            with self.autocast():
+                out = self.task.forward(model, xb)
+            self.task.losses(out, yb).mean().backward()
         return time_forward(step, reps=5, sync=self._sync)
 
     def forward_us(self, n: int, channels_last: bool, mode: str, precision: str) -> float:
@@ -140,10 +145,14 @@ class Probe:
 
         @torch.inference_mode()
         def forward():
-            ctx = (torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
+            ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16" else self.autocast()
             with ctx:
                 self.task.losses(self.task.forward(model, xb), yb).cpu()
-        return 1000 * time_forward(forward, reps=5, sync=self._sync) / n
+        try:
+            return 1000 * time_forward(forward, reps=5, sync=self._sync) / n
+        except torch.cuda.OutOfMemoryError:  # too large for this GPU: never the choice
+            torch.cuda.empty_cache()
+            return float("inf")
 
     def load_ms(self, n: int) -> float:
         """Loading ``n`` candidates (what the prefetch thread would do ahead)."""

@@ -199,7 +199,8 @@ class TrainConfig:
             _check(self.budget_s > 0, "train.budget_s", self.budget_s, "> 0 seconds, or null")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                "train.device", self.device, "auto, cpu, cuda or cuda:N")
-        _choice("train.channels_last", self.channels_last, [True, False, "auto"])
+        _check(isinstance(self.channels_last, bool) or self.channels_last == "auto", "train.channels_last",
+               self.channels_last, "true, false or auto")
         if self.threads is not None:
             _check(self.threads >= 1, "train.threads", self.threads, ">= 1, or null")
         for key in ("eval_every", "log_every", "checkpoint_every"):

@@ -247,7 +247,8 @@ def candidate_ids(task, subset: Optional[str | Path | np.ndarray], split: str = 
 def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: int, seed: int = 0,
                       model=None, augment: str = "none", prefetch: int = 2, pin_memory: bool = False,
                       drop_last: bool = False, epochs: int = 1, rank: int = 0, world_size: int = 1,
-                      group_by_length: int = 0, share: bool = False) -> InputGraph:
+                      group_by_length: int = 0, share: bool = False,
+                      tuned: Optional[Dict[str, Any]] = None) -> InputGraph:
     """The input graph for a method stack, as a checkpointable InputGraph.
 
     Args:
@@ -266,13 +267,17 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
         group_by_length: batches per length-sorting window of the sampler (text; 0: off).
         share: exchange losses with the other ranks of a running process group (the trainer's
             ``sync`` each step); off, each rank's methods learn from their own shard only.
+        tuned: choices already made for the stack's ``auto`` selection batch sizes (a resumed
+            graph's ``tuned``); without them they are measured here with ``model``.
     """
-    tuned: Dict[str, Any] = {}
+    tuned = dict(tuned or {})
     if wants_tuning(False, 0, stack):  # e.g. SB's selection_batch_size: auto, not resolved by the caller
-        if model is None:
-            raise ValueError("an auto selection batch size is measured with the model: build the input graph "
-                             "with a model (selectkit.SelectiveLoader(..., model=model))")
-        tuned = tune(Probe(task, model.model, model.device, np.asarray(ids), batch_size), False, 0, stack)
+        if not tuned:
+            if model is None:
+                raise ValueError("an auto selection batch size is measured with the model: build the input graph "
+                                 "with a model (selectkit.SelectiveLoader(..., model=model))")
+            tuned = tune(Probe(task, model.model, model.device, np.asarray(ids), batch_size),
+                         task.memory_format == torch.channels_last, 0, stack)
         stack = resolve_stack(stack, tuned)
     cand = batch_size
     for method, mcfg in stack:

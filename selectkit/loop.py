@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 
+from selectkit.autotune import wants_tuning
 from selectkit.graph import build_input_graph, candidate_ids
 from selectkit.handle import ModelHandle
 from selectkit.methods import parse_stack, stack_of
@@ -67,11 +68,17 @@ class SelectiveLoader:
             handle = ModelHandle(model, self.task, dev)
         elif any(m.name == "sb" for m, _ in stack):
             raise ValueError("Selective-Backprop scores candidates with your model: pass model=")
+        if world_size > 1 and wants_tuning(False, 0, stack):
+            raise ValueError("a selection_batch_size of auto under several processes would be measured by each rank "
+                             "on its own, and ranks choosing differently take different numbers of steps: give "
+                             "it a number (e.g. methods={'sb': {'selection_batch_size': 128}})")
         ids = subset if isinstance(subset, np.ndarray) or subset is None else Path(subset)
-        self.graph = build_input_graph(self.task, stack, candidate_ids(self.task, ids), batch_size=batch_size,
-                                       seed=seed, model=handle, prefetch=prefetch, rank=rank, world_size=world_size,
-                                       epochs=epochs)
-        # settings left auto (SB's selection_batch_size): what was measured and chosen
+        self._build = lambda tuned: build_input_graph(
+            self.task, stack, candidate_ids(self.task, ids), batch_size=batch_size, seed=seed, model=handle,
+            prefetch=prefetch, rank=rank, world_size=world_size, epochs=epochs, tuned=tuned)
+        self.graph = self._build(None)
+        # settings left auto (SB's selection_batch_size): what was measured and chosen (saved
+        # with the state: a loader resumed from it takes the same choices)
         self.tuned = self.graph.tuned
         self._step = 0
 
@@ -90,9 +97,13 @@ class SelectiveLoader:
 
     def state_dict(self) -> Dict[str, Any]:
         """Save with your model and optimizer to resume mid-epoch."""
-        return {"graph": self.graph.state_dict(), "step": self._step}
+        return {"graph": self.graph.state_dict(), "step": self._step, "tuned": self.tuned}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state.get("tuned") and state["tuned"] != self.tuned:  # the choices the saved loader ran with
+            self.graph.shutdown()
+            self.graph = self._build(state["tuned"])
+            self.tuned = self.graph.tuned
         self.graph.load_state_dict(state["graph"])
         self._step = int(state["step"])
 

@@ -122,6 +122,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = self.task.prepare_model(make_model(cfg.model, self.task), self.device)
         self.ids = ids if ids is not None else candidate_ids(self.task, cfg.input.subset, cfg.input.split)
+        if self.device.type == "cuda" and cfg.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.amp_dtype = None
         # settings given as auto, measured here before anything depends on them (rank 0's choice)
         self.tuned = self._tune()
         self._apply_tuned(self.tuned)
@@ -136,10 +140,6 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             # the same initial weights everywhere (above); each rank's own dropout draws from here
             torch.manual_seed(dist.rank_seed(cfg.seed, dist.rank(), dist.world_size()))
-        if self.device.type == "cuda" and cfg.amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            self.amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.handle = ModelHandle(self.model, self.task, self.device, self.autocast)
         self.graph = self._build_graph()
@@ -172,24 +172,43 @@ class Trainer:
             return {}
         tuned = None
         if self.main:
-            probe = Probe(self.task, self.model, self.device, self.ids, cfg.input.batch_size)
+            probe = Probe(self.task, self.model, self.device, self.ids, cfg.input.batch_size,
+                          autocast=self.autocast, augment=cfg.input.augment)
             tuned = tune(probe, cfg.channels_last, cfg.input.prefetch, cfg.stack)
         if self.distributed:
             tuned = dist.all_gather_object(tuned)[0]
         return tuned
 
-    def _apply_tuned(self, tuned: Dict[str, Dict[str, Any]]) -> None:
+    def _resolve(self, tuned: Dict[str, Dict[str, Any]], config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """The values a run uses for the settings ``auto`` may measure: the measured choice where
+        there is one, else the config's value (``config``: a checkpoint's config, as a dict; a
+        value it leaves auto and unmeasured keeps this run's)."""
+        cfg = to_dict(self.cfg) if config is None else config
+        here = getattr(self, "resolved", None) or {}
+        cl = tuned.get("channels_last", {}).get("choice", cfg.get("channels_last"))
+        pf = tuned.get("prefetch", {}).get("choice", cfg.get("input", {}).get("prefetch"))
+        batches = {}
+        for method, _ in self.cfg.stack:
+            if method.tune_selection_batch is None:
+                continue
+            n = tuned.get(f"{method.name}/selection_batch_size", {}).get(
+                "choice", cfg.get("methods", {}).get(method.name, {}).get("selection_batch_size"))
+            batches[method.name] = n if isinstance(n, int) else here.get("selection_batch", {}).get(method.name)
+        return {"channels_last": cl if isinstance(cl, bool) else here.get("channels_last", True),
+                "prefetch": pf if isinstance(pf, int) and not isinstance(pf, bool) else here.get("prefetch", 2),
+                "selection_batch": batches}
+
+    def _apply_tuned(self, tuned: Dict[str, Dict[str, Any]], resolved: Optional[Dict[str, Any]] = None) -> None:
         """Take measured (or checkpointed) choices: the memory format of task and model, the
         input's prefetch depth and the methods' selection batches (``self.stack``)."""
-        from selectkit.autotune import resolve_stack
-
         self.tuned = tuned
-        cl = tuned["channels_last"]["choice"] if "channels_last" in tuned else self.cfg.channels_last
-        self.channels_last = bool(cl)
+        self.resolved = r = resolved if resolved is not None else self._resolve(tuned)
+        self.channels_last = bool(r["channels_last"])
         self.task.memory_format = self.task.memory_format_for(self.channels_last)
         self.model.to(memory_format=self.task.memory_format)
-        self.prefetch = int(tuned["prefetch"]["choice"] if "prefetch" in tuned else self.cfg.input.prefetch)
-        self.stack = resolve_stack(self.cfg.stack, tuned)
+        self.prefetch = int(r["prefetch"])
+        self.stack = [(m, m.tune_selection_batch(c, int(r["selection_batch"][m.name]))
+                       if m.name in r["selection_batch"] else c) for m, c in self.cfg.stack]
 
     def _build_graph(self):
         cfg = self.cfg
@@ -213,6 +232,7 @@ class Trainer:
             "history": list(self.p.history), "seconds": dict(self.clock.seconds), "complete": complete,
             "tracking_run_id": getattr(self.tracker, "run_id", None), "epochs_done": self._epochs_done,
             "world_size": dist.world_size() if self.distributed else 1, "autotune": self.tuned,
+            "resolved": self.resolved,
         }
 
     def _rank_state(self) -> Dict[str, Any]:
@@ -297,8 +317,10 @@ class Trainer:
             return False
         check_compatible(ckpt, path, self.model_sig, self.store.fingerprint)
         self._check_world(ckpt, path)
-        if "autotune" in ckpt and ckpt["autotune"] != self.tuned:  # keep the choices the run started with
-            self._apply_tuned(ckpt.get("autotune", {}))
+        # keep the settings the run started with (a checkpoint from before auto: its config's)
+        resolved = ckpt.get("resolved") or self._resolve(ckpt.get("autotune", {}), ckpt["config"])
+        if resolved != self.resolved:
+            self._apply_tuned(ckpt.get("autotune", {}), resolved)
             self.graph.shutdown()
             self.graph = self._build_graph()
         self.model.load_state_dict(ckpt["model"])

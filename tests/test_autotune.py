@@ -232,6 +232,7 @@ def test_own_loop_resolves_an_auto_selection_batch(monkeypatch, digits_store):
 
 @pytest.mark.parametrize("key, value, named", [
     ("channels_last", "yes", "train.channels_last"),
+    ("channels_last", 1, "train.channels_last"),
     ("input", {"prefetch": "soon"}, "input.prefetch"),
     ("input", {"prefetch": -1}, "input.prefetch"),
     ("methods", {"sb": {"selection_batch_size": "big"}}, "selection_batch_size"),
@@ -239,3 +240,51 @@ def test_own_loop_resolves_an_auto_selection_batch(monkeypatch, digits_store):
 def test_bad_auto_settings_are_named(key, value, named):
     with pytest.raises(ConfigError, match=named):
         tiny_train_cfg(**{key: value})
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_an_auto_run_resumes_a_checkpoint_of_explicit_values_with_those_values(monkeypatch, tmp_path, digits_store,
+                                                                              legacy):
+    """A run given values (or one from before auto existed: no choices in its checkpoint) resumed
+    by a run whose settings are auto: the checkpoint's values, not a new measurement."""
+    from selectkit.checkpoint import read_checkpoint, save_checkpoint
+
+    explicit = tiny_train_cfg(epochs=2, methods={"sb": {"beta": 1.0, "selection_batch_size": 64}},
+                              channels_last=False, input={"batch_size": 32, "prefetch": 0}, checkpoint_every=5)
+    t = Trainer(digits_store, explicit, checkpoint_path=tmp_path / "ck.pt")
+    t.fit(complete=False)
+    if legacy:
+        ck = read_checkpoint(tmp_path / "ck.pt")
+        del ck["autotune"], ck["resolved"]
+        save_checkpoint(tmp_path / "ck.pt", ck)
+    _inject(monkeypatch, step={True: 5.0, False: 9.0}, forward={32: 1.0, 64: 5.0, 128: 5.0}, load=9.0)
+    auto = tiny_train_cfg(epochs=2, methods={"sb": {"beta": 1.0, "selection_batch_size": "auto"}},
+                          channels_last="auto", input={"batch_size": 32, "prefetch": "auto"}, checkpoint_every=5)
+    again = Trainer(digits_store, auto, checkpoint_path=tmp_path / "ck.pt")
+    assert (again.channels_last, again.prefetch, again.graph.candidate_batch_size) == (True, 2, 32)  # measured
+    again.resume(tmp_path / "ck.pt")
+    assert (again.channels_last, again.prefetch, again.graph.candidate_batch_size) == (False, 0, 64)
+    assert again.task.memory_format == torch.contiguous_format
+
+
+def test_own_loop_saves_its_choice_and_a_resumed_loader_takes_it(monkeypatch):
+    from selectkit import SelectiveLoader
+
+    x = torch.randn(200, 4)
+    data = [(i, x[i], i % 3) for i in range(200)]
+    model = torch.nn.Linear(4, 3)
+    _inject(monkeypatch, forward={16: 5.0, 32: 2.0, 64: 4.0})
+    first = SelectiveLoader(data, batch_size=16, model=model, num_classes=3, methods={"sb": {"beta": 1.0}}, prefetch=0)
+    batches = iter(first)
+    next(batches)
+    state = first.state_dict()
+    first.close()
+    _inject(monkeypatch, forward={16: 1.0, 32: 2.0, 64: 4.0})  # measured otherwise now
+    second = SelectiveLoader(data, batch_size=16, model=model, num_classes=3, methods={"sb": {"beta": 1.0}}, prefetch=0)
+    assert second.graph.candidate_batch_size == 16
+    second.load_state_dict(state)
+    assert second.graph.candidate_batch_size == 32 and second.tuned == state["tuned"]
+    second.close()
+    with pytest.raises(ValueError, match="selection_batch_size.*number"):
+        SelectiveLoader(data, batch_size=16, model=model, num_classes=3, methods={"sb": {"beta": 1.0}},
+                        rank=0, world_size=2)

@@ -26,7 +26,7 @@ class RhoLossConfig:
     temperature: float = 1.0  # rule: sample only; -> 0 approaches top_k, large is uniform
     warmup_epochs: int = 0  # epochs of Traditional training before selection starts
     selection_mode: str = "eval"  # eval | train: the model's mode during selection forwards
-    selection_precision: str = "fp32"  # fp32 | bf16 (autocast) | auto, as for Selective-Backprop
+    selection_precision: str = "auto"  # fp32 | bf16 (autocast) | auto (measured), as for Selective-Backprop
 
     def __post_init__(self) -> None:
         _check(bool(self.irreducible), f"{S}.irreducible", self.irreducible,
