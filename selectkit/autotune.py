@@ -13,8 +13,11 @@ the model and a few real candidates (well under a second for the reference CNN):
   (a third thread on a CPU whose cores all compute preempts the compute threads, and what
   loading ahead can save is that small share).
 
-"Clearly" is ``MARGIN``: an alternative is taken only under 0.9 of the preferred one's time, so
-runs on one machine choose alike and their errors repeat. Under several processes rank 0
+"Clearly" is ``MARGIN``: an alternative is taken only under 0.9 of the preferred one's time. A
+choice is measured once per machine, model and input shape and remembered
+(``~/.cache/selectkit/autotune.json``, or ``$SELECTKIT_AUTOTUNE_CACHE``; ``off`` measures every
+run): on a noisy machine two close options could otherwise flip between runs, and runs on one
+machine should choose alike so that their errors repeat. Under several processes rank 0
 measures and every rank takes its choices. They are kept in the checkpoint (a resumed run uses
 them, not a new measurement), written to run.json (``autotune``) and logged to MLflow
 (``autotune/*`` metrics at step 0).
@@ -32,11 +35,13 @@ it) and is reported with its timings (counters ``selection/bf16_fraction``, ``se
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -97,6 +102,46 @@ def pick_prefetch(load_ms: float, step_ms: float, spare_cores: bool, cuda: bool)
     return 0
 
 
+# Where measured choices are remembered, per machine and model (a path, or "off").
+CACHE_ENV = "SELECTKIT_AUTOTUNE_CACHE"
+
+
+def cache_path() -> Optional[Path]:
+    """``$SELECTKIT_AUTOTUNE_CACHE`` (``off``: no cache), else ``~/.cache/selectkit/autotune.json``."""
+    v = os.environ.get(CACHE_ENV)
+    if v is not None:
+        return None if v.strip().lower() in ("", "off", "0", "none", "false") else Path(v)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "selectkit" / "autotune.json"
+
+
+def remembered(key: Dict[str, Any], measure: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    """``measure()`` the first time ``key`` (machine, model, shapes, setting) is seen on this
+    machine; later runs take that result (``cached: true``), so runs on one machine choose alike
+    even where two options measure close and the machine is noisy. Delete the file to measure
+    afresh. A cache that cannot be read or written is measured around, never an error."""
+    path = cache_path()
+    k = json.dumps(key, sort_keys=True, default=str)
+    table: Dict[str, Any] = {}
+    if path is not None:
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):
+            table = {}
+        if isinstance(table.get(k), dict):
+            return {**table[k], "cached": True}
+    out = measure()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**table, k: out}, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return {**out, "cached": False}
+
+
 @dataclass
 class Probe:
     """What ``tune`` measures on: the run's task, a model like the one trained (deep-copied,
@@ -110,6 +155,18 @@ class Probe:
     batch_size: int
     autocast: Callable[[], Any] = nullcontext
     augment: str = "none"
+    amp: str = "off"  # names the autocast in the cache key
+
+    def key(self, setting: str, **more: Any) -> Dict[str, Any]:
+        """What a measurement depends on: the machine, the model's shapes, the task's inputs."""
+        from selectkit.machine import cpu_name, device_name
+
+        return {"setting": setting, **more, "cpu": cpu_name(), "device": device_name(self.device),
+                "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "processes_here": os.environ.get("LOCAL_WORLD_SIZE", "1"),
+                "model": [type(self.model).__name__, [list(p.shape) for p in self.model.parameters()]],
+                "task": getattr(self.task, "name", type(self.task).__name__), "batch_size": self.batch_size,
+                "amp": self.amp, "augment": self.augment}
 
     def batch(self, n: int) -> Dict[str, Any]:
         ids = np.sort(self.ids[:n]) if len(self.ids) >= n else np.resize(self.ids, n)
@@ -184,10 +241,12 @@ def tune(probe: Probe, channels_last: Any, prefetch: Any, stack: Sequence[Tuple[
         step = None
         if cl == "auto":
             if applies:
-                ms = {True: probe.step_ms(True), False: probe.step_ms(False)}
-                cl = bool(pick(ms, True))
-                out["channels_last"] = {"choice": cl, "channels_last_ms": ms[True], "contiguous_ms": ms[False]}
-                step = ms[cl]
+                def formats():
+                    ms = {True: probe.step_ms(True), False: probe.step_ms(False)}
+                    return {"choice": bool(pick(ms, True)), "channels_last_ms": ms[True], "contiguous_ms": ms[False]}
+                out["channels_last"] = remembered(probe.key("channels_last"), formats)
+                cl = out["channels_last"]["choice"]
+                step = out["channels_last"]["channels_last_ms" if cl else "contiguous_ms"]
             else:  # the task has one memory format (text): nothing to measure
                 cl = False
                 out["channels_last"] = {"choice": False, "channels_last_ms": None, "contiguous_ms": None}
@@ -197,19 +256,28 @@ def tune(probe: Probe, channels_last: Any, prefetch: Any, stack: Sequence[Tuple[
             if _auto_batch(method, mcfg):
                 sizes = selection_batch_sizes(probe.batch_size, len(probe.ids))
                 precision = "fp32" if sel.get("precision") == "auto" else sel.get("precision", "fp32")
-                us = {n: probe.forward_us(n, cl, sel.get("mode", "eval"), precision) for n in sizes}
-                n = pick_batch_size(us)
-                out[f"{method.name}/selection_batch_size"] = {
-                    "choice": n, "per_example_us": {str(k): v for k, v in us.items()}, "precision": precision}
+                mode = sel.get("mode", "eval")
+
+                def batches(sizes=sizes, precision=precision, mode=mode):
+                    us = {n: probe.forward_us(n, bool(cl), mode, precision) for n in sizes}
+                    return {"choice": pick_batch_size(us), "per_example_us": {str(k): v for k, v in us.items()},
+                            "precision": precision}
+                out[f"{method.name}/selection_batch_size"] = remembered(
+                    probe.key("selection_batch_size", sizes=sizes, mode=mode, precision=precision,
+                              channels_last=bool(cl)), batches)
             if sel is not None:
                 cand = max(cand, out.get(f"{method.name}/selection_batch_size", {}).get("choice", sel["batch_size"]))
         if prefetch == "auto":
             cuda = probe.device.type == "cuda"
             spare = spare_cores()
-            load = probe.load_ms(cand)
-            step = step if step is not None else probe.step_ms(bool(cl))
-            out["prefetch"] = {"choice": pick_prefetch(load, step, spare, cuda), "load_ms": load, "step_ms": step,
-                               "candidate_batch": cand, "spare_cores": spare}
+
+            def loading(cand=cand, step=step):
+                load = probe.load_ms(cand)
+                step = step if step is not None else probe.step_ms(bool(cl))
+                return {"choice": pick_prefetch(load, step, spare, cuda), "load_ms": load, "step_ms": step,
+                        "candidate_batch": cand, "spare_cores": spare}
+            out["prefetch"] = remembered(probe.key("prefetch", candidate_batch=cand, channels_last=bool(cl),
+                                                   spare_cores=spare), loading)
     return out
 
 

@@ -173,7 +173,7 @@ class Trainer:
         tuned = None
         if self.main:
             probe = Probe(self.task, self.model, self.device, self.ids, cfg.input.batch_size,
-                          autocast=self.autocast, augment=cfg.input.augment)
+                          autocast=self.autocast, augment=cfg.input.augment, amp=str(self.amp_dtype or "off"))
             tuned = tune(probe, cfg.channels_last, cfg.input.prefetch, cfg.stack)
         if self.distributed:
             tuned = dist.all_gather_object(tuned)[0]

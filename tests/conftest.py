@@ -15,6 +15,8 @@ def _session_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["DVC_NO_ANALYTICS"] = "1"
+    # auto settings measured in every run, never taken from an earlier run's (or the user's) cache
+    os.environ["SELECTKIT_AUTOTUNE_CACHE"] = "off"
     os.environ.pop("DVC_ROOT", None)
     os.environ.pop("DVC_STAGE", None)
     yield

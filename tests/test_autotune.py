@@ -148,7 +148,8 @@ def test_auto_settings_are_measured_recorded_logged_and_kept_on_resume(monkeypat
     assert t.graph.candidate_batch_size == 64 and t.prefetch == 0  # 1 % of a step to load: inline
     m = t.fit().metrics
     assert m["channels_last"] is False and m["prefetch"] == 0 and m["selection"]["batch_size"] == 64
-    assert m["autotune"]["channels_last"] == {"choice": False, "channels_last_ms": 10.0, "contiguous_ms": 7.0}
+    assert m["autotune"]["channels_last"] == {"choice": False, "channels_last_ms": 10.0, "contiguous_ms": 7.0,
+                                              "cached": False}
     assert m["autotune"]["sb/selection_batch_size"]["choice"] == 64
     assert m["autotune"]["sb/selection_batch_size"]["per_example_us"] == {"32": 9.0, "64": 5.0, "128": 4.9}
     assert m["autotune"]["prefetch"]["choice"] == 0 and m["autotune"]["prefetch"]["candidate_batch"] == 64
@@ -288,3 +289,22 @@ def test_own_loop_saves_its_choice_and_a_resumed_loader_takes_it(monkeypatch):
     with pytest.raises(ValueError, match="selection_batch_size.*number"):
         SelectiveLoader(data, batch_size=16, model=model, num_classes=3, methods={"sb": {"beta": 1.0}},
                         rank=0, world_size=2)
+
+
+def test_choices_are_remembered_per_machine_and_model(monkeypatch, tmp_path, digits_store):
+    """With a cache, the second run on this machine takes the first's choices (a noisy machine
+    does not flip them between runs); another model shape is measured on its own."""
+    monkeypatch.setenv("SELECTKIT_AUTOTUNE_CACHE", str(tmp_path / "tune.json"))
+    auto = dict(channels_last="auto", input={"batch_size": 32, "prefetch": "auto"})
+    _inject(monkeypatch, step={True: 10.0, False: 7.0}, load=0.1)
+    first = Trainer(digits_store, tiny_train_cfg(**auto))
+    assert first.channels_last is False and first.tuned["channels_last"]["cached"] is False
+    calls = _inject(monkeypatch, step={True: 5.0, False: 9.0}, load=9.0)  # measured otherwise now
+    second = Trainer(digits_store, tiny_train_cfg(**auto))
+    assert calls["step"] == 0 and calls["load"] == 0
+    assert second.channels_last is False and second.prefetch == 0 and second.tuned["channels_last"]["cached"] is True
+    assert second.tuned["channels_last"]["contiguous_ms"] == 7.0  # the timings it came from
+    wider = Trainer(digits_store, tiny_train_cfg(model={"name": "cnn", "args": {"channels": [8, 32]}}, **auto))
+    assert wider.channels_last is True and wider.tuned["channels_last"]["cached"] is False
+    (tmp_path / "tune.json").write_text("{not json")  # a broken cache is measured around
+    assert Trainer(digits_store, tiny_train_cfg(**auto)).tuned["channels_last"]["cached"] is False

@@ -46,9 +46,11 @@ class LossWindow:
 
     def push(self, losses: np.ndarray) -> None:
         losses = np.asarray(losses, dtype=np.float64)[-self.size:]
-        idx = (self.count + np.arange(len(losses))) % self.size
-        self.values[idx] = losses
-        self.count += len(losses)
+        n, start = len(losses), self.count % self.size
+        head = min(n, self.size - start)  # up to the ring's end, the rest from its start
+        self.values[start:start + head] = losses[:head]
+        self.values[:n - head] = losses[head:]
+        self.count += n
         self._sorted = None
 
     def current(self) -> np.ndarray:
@@ -76,7 +78,10 @@ def select(losses: np.ndarray, window: LossWindow, beta: float, floor: float,
            rng: np.random.Generator, out_p: Optional[list] = None) -> np.ndarray:
     """Push a batch of losses into the window and draw which examples to keep (a bool mask)."""
     window.push(losses)
-    p = keep_probability(cdf(losses, window.sorted(), presorted=True), beta, floor)
+    srt = window.sorted()
+    p = (np.searchsorted(srt, np.asarray(losses, dtype=np.float64), side="right") / len(srt)) ** beta
+    if floor > 0:
+        p = np.maximum(p, floor)
     if out_p is not None:
         out_p.append(p)
     return rng.random(len(p)) < p

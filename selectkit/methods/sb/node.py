@@ -72,7 +72,13 @@ class SelectiveBackprop(SelectingNode):
 
     def counters(self) -> Dict[str, float]:
         """This node's counters as of the last batch it emitted (a copy)."""
-        return dict(self._counters)
+        return dict(self._with_threshold())
+
+    def _with_threshold(self) -> Dict[str, float]:
+        """The counters, with the current window's loss threshold (computed when read, not per batch)."""
+        if self._counters["sb/candidates"]:
+            self._counters["sb/loss_threshold"] = loss_threshold(self.window.sorted(), self.beta)
+        return self._counters
 
     # ------------------------------------------------------------------ protocol
     def reset(self, initial_state: Optional[Dict[str, Any]] = None):
@@ -93,7 +99,7 @@ class SelectiveBackprop(SelectingNode):
 
     def get_state(self) -> Dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict(), self.WINDOW_KEY: self.window.state(),
-                self.RNG_KEY: self.rng.bit_generator.state, COUNTERS_KEY: dict(self._counters),
+                self.RNG_KEY: self.rng.bit_generator.state, COUNTERS_KEY: dict(self._with_threshold()),
                 self.META_KEY: {"fingerprint": self.fingerprint, "num_examples": self.num_examples,
                                 "staleness": self.staleness}}
 
@@ -133,7 +139,6 @@ class SelectiveBackprop(SelectingNode):
         c["sb/candidates"] += len(ids)
         c["sb/kept"] += int(keep.sum())
         c["sb/kept_fraction"] = c["sb/kept"] / c["sb/candidates"]
-        c["sb/loss_threshold"] = loss_threshold(self.window.sorted(), self.beta)
         if keep.all():
             return batch, scored_s
         if keep.any():
