@@ -244,6 +244,19 @@ def candidate_ids(task, subset: Optional[str | Path | np.ndarray], split: str = 
     return ids.astype(np.int64)
 
 
+class DeferrableLoad:
+    """The loading map function, which leaves candidates unloaded in epochs a later node asked
+    to decide on ids alone (``MethodContext.defer``): the item passes with ``deferred`` True."""
+
+    def __init__(self, load, defer: List[Any]):
+        self.load, self.defer = load, defer
+
+    def __call__(self, item):
+        if self.defer and any(p(int(item["epoch"])) for p in self.defer):
+            return {**item, "deferred": True}
+        return self.load(item)
+
+
 def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: int, seed: int = 0,
                       model=None, augment: str = "none", prefetch: int = 2, pin_memory: bool = False,
                       drop_last: bool = False, epochs: int = 1, rank: int = 0, world_size: int = 1,
@@ -287,14 +300,19 @@ def build_input_graph(task, stack: MethodStack, ids: np.ndarray, *, batch_size: 
     if table is not None:
         table.share(exchange)
     own = rank_seed(seed, rank, world_size)
+    load = task.loader(augment, seed=own)
+    # nodes after loading that decide on ids alone in some epochs may have those epochs' candidates
+    # come unloaded and load only what they keep; only without a prefetch thread (a thread loads
+    # ahead in parallel, where deferring would move loading into the training thread)
+    defer: Optional[List[Any]] = [] if prefetch == 0 and not pin_memory else None
     ctx = MethodContext(task=task, seed=seed, batch_size=batch_size, candidate_batch_size=cand, epochs=epochs,
-                        model=model, loss_table=table, exchange=exchange, rank_seed=own)
+                        model=model, loss_table=table, exchange=exchange, rank_seed=own, load=load, defer=defer)
     node: BaseNode = IdBatchSampler(ids, cand, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
                                     lengths=task.lengths() if group_by_length else None, group=group_by_length)
     for method, mcfg in stack:
         if method.slot == "ids":
             node = method.build(node, ctx, mcfg)
-    node = Mapper(node, task.loader(augment, seed=own))
+    node = Mapper(node, DeferrableLoad(load, defer if defer is not None else []))
     if prefetch > 0:
         node = Prefetcher(node, prefetch_factor=prefetch)
     if pin_memory:

@@ -298,3 +298,35 @@ def test_bf16_selection_ranks_like_fp32(digits_store):
     assert bf16.dtype == torch.float32 and t.model.training
     torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.05)
     assert np.corrcoef(bf16.numpy(), fp32.numpy())[0, 1] > 0.99
+
+
+def test_stale_epochs_load_only_the_kept_rows_and_train_as_if_all_were_loaded(monkeypatch, digits_store):
+    """Without a prefetch thread, Stale-SB's stale epochs decide on ids and load only the rows
+    they keep: the same batches, steps and weights as loading every candidate first."""
+    from selectkit.tasks.image import LoadBatch
+
+    loaded = []
+    real = LoadBatch.__call__
+
+    def counting(self, item):
+        if "num_batches" in item:  # the training graph's candidates (not the test split's batches)
+            loaded.append((int(item["epoch"]), len(item["ids"])))
+        return real(self, item)
+
+    monkeypatch.setattr(LoadBatch, "__call__", counting)
+    stale = {"methods": {"sb": {"beta": 2.0, "selection_batch_size": 128, "staleness": 2}}}
+    runs = {}
+    for prefetch in (0, 1):
+        loaded.clear()
+        t = Trainer(digits_store, tiny_train_cfg(epochs=3, input={"prefetch": prefetch}, **stale))
+        r = t.fit()
+        runs[prefetch] = (r, torch.cat([p.detach().flatten() for p in t.model.parameters()]).numpy(), list(loaded))
+    (r0, w0, l0), (r1, w1, l1) = runs[0], runs[1]
+    assert np.array_equal(w0, w1) and r0.metrics["steps"] == r1.metrics["steps"]
+    strip = lambda c: {k: v for k, v in c.items() if not k.endswith("_s")}
+    assert strip(r0.metrics["counters"]) == strip(r1.metrics["counters"])
+    n = len(digits_store.train)
+    rows = lambda log, epoch: sum(k for e, k in log if e == epoch)
+    assert rows(l1, 1) >= n  # loading first: every candidate of the stale epoch 1 (and any run ahead)
+    assert rows(l0, 0) == n and rows(l0, 2) == n  # fresh epochs: every candidate, for its forward
+    assert 0 < rows(l0, 1) < 0.6 * n  # the stale epoch: the kept rows only (beta 2 keeps about a third)

@@ -61,6 +61,8 @@ def _stacks():
         if m.slot != "stages":
             stacks[m.name] = {m.name: dict(m.example)}
     stacks["stale-sb"] = {"sb": {**METHODS["sb"].example, "staleness": 2, "warmup_epochs": 1}}
+    # without a prefetch thread Stale-SB's stale epochs come unloaded and the node loads what it keeps
+    stacks["stale-sb-inline"] = stacks["stale-sb"]
     stacks["autoassist+sb"] = {"autoassist": dict(METHODS["autoassist"].example), "sb": dict(METHODS["sb"].example)}
     stacks["infobatch+sb"] = {"infobatch": dict(METHODS["infobatch"].example), "sb": dict(METHODS["sb"].example)}
     return stacks
@@ -80,7 +82,7 @@ def _cfg(store, name, prefetch=None, **over):
     # a method before loading reads its live state from the prefetch thread, which runs ahead of
     # the trainer by a timing-dependent amount: bit-exact comparisons load in the training thread
     before_load = any(METHODS[n].slot == "ids" for n in stack)
-    pf = prefetch if prefetch is not None else (0 if before_load else 2)
+    pf = prefetch if prefetch is not None else (0 if before_load or name.endswith("-inline") else 2)
     return tiny_train_cfg(epochs=3, input={"augment": "crop_flip", "prefetch": pf}, methods=stack, **over)
 
 

@@ -44,6 +44,13 @@ class MethodContext:
         rank_seed: the seed of this rank's own random draws: ``seed`` alone, distinct per rank
             under several processes. Draws each rank makes on its own shard (keep/skip) use
             it; draws every rank must make alike (a global prune mask) use ``seed``.
+        load: the graph's loading function (ids -> rows with inputs and targets), for a node
+            that loads rows itself.
+        defer: predicates ``epoch -> bool`` a node in slot ``batches`` may add where it decides
+            on ids alone (e.g. Stale-SB's stale epochs): in those epochs candidates come
+            unloaded (``ids`` and position only, ``deferred`` True) and the node loads what it
+            keeps with ``load``. Offered only where loading runs in the consumer's thread
+            (no prefetch thread); otherwise None.
     """
 
     task: Any
@@ -56,6 +63,8 @@ class MethodContext:
     listeners: List[Tuple[str, Any]] = field(default_factory=list)
     exchange: Any = None
     rank_seed: Optional[int] = None
+    load: Any = None
+    defer: Optional[List[Any]] = None
 
     def __post_init__(self) -> None:
         if self.rank_seed is None:

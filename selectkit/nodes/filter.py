@@ -93,9 +93,9 @@ def concat_rows(batches: List[Batch]) -> Batch:
 class SelectingNode(BaseNode[Batch]):
     """Base of nodes that score loaded candidate batches and pass on some of their rows.
 
-    Subclasses implement ``_process(batch) -> (rows to emit or None, seconds spent in selection
-    forwards)`` and name ``NODE_S`` (the counter of their own bookkeeping time: upstream waits
-    and selection forwards excluded). A batch with no row kept is skipped, not emitted.
+    Subclasses implement ``_process(batch) -> (rows to emit or None, seconds not their own:
+    selection forwards, and loading where the node loads rows itself)`` and name ``NODE_S`` (the
+    counter of their own bookkeeping time: upstream waits, selection forwards and loading excluded). A batch with no row kept is skipped, not emitted.
     """
 
     NODE_S = ""

@@ -24,6 +24,11 @@ def build(node, ctx, cfg: SBConfig):
         ctx.task.fingerprint, beta=cfg.beta, window=cfg.window, floor=cfg.floor,
         warmup_epochs=cfg.warmup_epochs, staleness=cfg.staleness, seed=ctx.rank_seed)
     node.channel = ctx.channel("sb/window", node.window.push)
+    if cfg.staleness > 1 and ctx.defer is not None:
+        # stale epochs select on the loss table alone: candidates come unloaded and the node
+        # loads only the rows it keeps (a third), not every candidate's inputs
+        node.load = ctx.load
+        ctx.defer.append(node.is_stale)
     ctx.add_listener("sb", node.observe)
     return Rebatch(node, ctx.batch_size)
 

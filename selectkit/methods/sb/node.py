@@ -67,6 +67,9 @@ class SelectiveBackprop(SelectingNode):
         # windows (and theirs come here), so the keep probabilities do not depend on the ranks
         self.channel = channel
         self.rng = np.random.default_rng([seed, 0x5B])
+        # the graph's loading function, where stale epochs' candidates come unloaded (the
+        # graph's ``MethodContext.defer``); None: every candidate arrives loaded
+        self.load = None
         self._counters: Dict[str, float] = {k: 0.0 for k in COUNTERS}
         self._counters["sb/loss_threshold"] = float("nan")
 
@@ -108,6 +111,14 @@ class SelectiveBackprop(SelectingNode):
         """Whether ``epoch`` runs selection forwards (else it selects from the loss table)."""
         return (epoch - self.warmup_epochs) % self.staleness == 0
 
+    def is_stale(self, epoch: int) -> bool:
+        """Whether ``epoch`` selects from the loss table alone (after warm-up, not fresh)."""
+        return epoch >= self.warmup_epochs and not self.is_fresh(epoch)
+
+    def _load(self, batch: Batch, ids: np.ndarray) -> Batch:
+        """The rows ``ids`` of an unloaded (deferred) candidate batch, loaded."""
+        return self.load({**{k: v for k, v in batch.items() if k != "deferred"}, "ids": ids})
+
 
     def _process(self, batch: Batch):
         """(kept rows or None, seconds spent in selection forwards) for one candidate batch."""
@@ -117,6 +128,7 @@ class SelectiveBackprop(SelectingNode):
         if epoch < self.warmup_epochs:
             return batch, scored_s
         ids = as_numpy(batch["ids"])
+        deferred = bool(batch.get("deferred"))  # a stale epoch's unloaded candidates (ids only)
         losses = self.table[ids]
         # Fresh epochs score every candidate; stale ones only those never scored (e.g. when
         # the candidate set grew), so every loss used belongs to its own example.
@@ -124,7 +136,11 @@ class SelectiveBackprop(SelectingNode):
         if len(rows):
             t0 = time.perf_counter()
             sel = torch.from_numpy(rows)
-            x, y = (batch["x"], batch["y"]) if len(rows) == len(ids) else (batch["x"][sel], batch["y"][sel])
+            if deferred:
+                part = self._load(batch, ids[rows])
+                x, y = part["x"], part["y"]
+            else:
+                x, y = (batch["x"], batch["y"]) if len(rows) == len(ids) else (batch["x"][sel], batch["y"][sel])
             fresh = self.scorer(x, y).numpy()
             self._check_finite(fresh, ids[rows], epoch)
             losses[rows] = fresh
@@ -139,6 +155,12 @@ class SelectiveBackprop(SelectingNode):
         c["sb/candidates"] += len(ids)
         c["sb/kept"] += int(keep.sum())
         c["sb/kept_fraction"] = c["sb/kept"] / c["sb/candidates"]
+        if deferred:  # load the kept rows only (loading is the data phase's, not the node's time)
+            if not keep.any():
+                return None, scored_s
+            t0 = time.perf_counter()
+            out = self._load(batch, ids[keep])
+            return out, scored_s + time.perf_counter() - t0
         if keep.all():
             return batch, scored_s
         if keep.any():
