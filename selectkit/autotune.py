@@ -38,10 +38,10 @@ import copy
 import json
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -121,25 +121,49 @@ def remembered(key: Dict[str, Any], measure: Callable[[], Dict[str, Any]]) -> Di
     even where two options measure close and the machine is noisy. Delete the file to measure
     afresh. A cache that cannot be read or written is measured around, never an error."""
     path = cache_path()
-    k = json.dumps(key, sort_keys=True, default=str)
-    table: Dict[str, Any] = {}
-    if path is not None:
+    if path is None:
+        return {**measure(), "cached": False}
+    k = json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True, default=str)
+    with _locked(path):  # runs started together measure one at a time; the second takes the first's
         try:
             table = json.loads(path.read_text())
         except (OSError, ValueError):
             table = {}
+        table = table if isinstance(table, dict) else {}
         if isinstance(table.get(k), dict):
             return {**table[k], "cached": True}
-    out = measure()
-    if path is not None:
+        out = measure()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps({**table, k: out}, indent=1, sort_keys=True))
             os.replace(tmp, path)
         except OSError:
             pass
     return {**out, "cached": False}
+
+
+# Bumped when what a choice depends on changes (its rule, MARGIN, PREFETCH_SHARE): older entries
+# are then measured afresh rather than kept
+CACHE_VERSION = 1
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``'s lock file (where the platform has one; else none)."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.with_name(path.name + ".lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -166,6 +190,7 @@ class Probe:
                 "processes_here": os.environ.get("LOCAL_WORLD_SIZE", "1"),
                 "model": [type(self.model).__name__, [list(p.shape) for p in self.model.parameters()]],
                 "task": getattr(self.task, "name", type(self.task).__name__), "batch_size": self.batch_size,
+                "inputs": self.task.spec_dict() if hasattr(self.task, "spec_dict") else None,
                 "amp": self.amp, "augment": self.augment}
 
     def batch(self, n: int) -> Dict[str, Any]:

@@ -306,5 +306,6 @@ def test_choices_are_remembered_per_machine_and_model(monkeypatch, tmp_path, dig
     assert second.tuned["channels_last"]["contiguous_ms"] == 7.0  # the timings it came from
     wider = Trainer(digits_store, tiny_train_cfg(model={"name": "cnn", "args": {"channels": [8, 32]}}, **auto))
     assert wider.channels_last is True and wider.tuned["channels_last"]["cached"] is False
-    (tmp_path / "tune.json").write_text("{not json")  # a broken cache is measured around
-    assert Trainer(digits_store, tiny_train_cfg(**auto)).tuned["channels_last"]["cached"] is False
+    for broken in ("{not json", "[]"):  # a broken cache is measured around
+        (tmp_path / "tune.json").write_text(broken)
+        assert Trainer(digits_store, tiny_train_cfg(**auto)).tuned["channels_last"]["cached"] is False

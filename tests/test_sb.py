@@ -330,3 +330,25 @@ def test_stale_epochs_load_only_the_kept_rows_and_train_as_if_all_were_loaded(mo
     assert rows(l1, 1) >= n  # loading first: every candidate of the stale epoch 1 (and any run ahead)
     assert rows(l0, 0) == n and rows(l0, 2) == n  # fresh epochs: every candidate, for its forward
     assert 0 < rows(l0, 1) < 0.6 * n  # the stale epoch: the kept rows only (beta 2 keeps about a third)
+
+
+def test_deferred_stale_epochs_cut_every_per_row_field_with_the_rows_kept():
+    """An earlier method's per-row field (InfoBatch's weights) stays aligned with its rows when a
+    stale epoch's candidates come unloaded and the node loads only what it keeps."""
+    from selectkit.graph import DeferrableLoad
+
+    def add_weight(item):  # a per-row field added before loading, as InfoBatch's weights are
+        return {**item, "weight": np.asarray(item["ids"], dtype=np.float32) / 1000.0}
+
+    defer = []
+    src = Mapper(Mapper(IdBatchSampler(np.arange(500), 64, seed=0), add_weight), DeferrableLoad(_synthetic, defer))
+    sb = SelectiveBackprop(src, _Scorer(), LossTable(500), "fp", beta=2.0, window=256, staleness=2, seed=0)
+    sb.load = _synthetic
+    defer.append(sb.is_stale)
+    node = Rebatch(sb, 32)
+    run_epoch(node)  # fresh: everything loaded
+    stale = run_epoch(node)  # stale: only the kept rows loaded
+    assert sb.counters()["sb/stale_selected"] == 500
+    for b in stale:
+        assert np.allclose(np.asarray(b["weight"]), np.asarray(b["ids"], dtype=np.float32) / 1000.0)
+        assert len(b["x"]) == len(b["ids"]) == len(b["weight"])

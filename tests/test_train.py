@@ -63,6 +63,9 @@ def _stacks():
     stacks["stale-sb"] = {"sb": {**METHODS["sb"].example, "staleness": 2, "warmup_epochs": 1}}
     # without a prefetch thread Stale-SB's stale epochs come unloaded and the node loads what it keeps
     stacks["stale-sb-inline"] = stacks["stale-sb"]
+    # and InfoBatch's per-row weights, added before loading, cut with the rows Stale-SB keeps
+    stacks["infobatch+stale-sb-inline"] = {"infobatch": dict(METHODS["infobatch"].example),
+                                           "sb": {**METHODS["sb"].example, "staleness": 2}}
     stacks["autoassist+sb"] = {"autoassist": dict(METHODS["autoassist"].example), "sb": dict(METHODS["sb"].example)}
     stacks["infobatch+sb"] = {"infobatch": dict(METHODS["infobatch"].example), "sb": dict(METHODS["sb"].example)}
     return stacks

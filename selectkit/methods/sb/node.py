@@ -115,9 +115,10 @@ class SelectiveBackprop(SelectingNode):
         """Whether ``epoch`` selects from the loss table alone (after warm-up, not fresh)."""
         return epoch >= self.warmup_epochs and not self.is_fresh(epoch)
 
-    def _load(self, batch: Batch, ids: np.ndarray) -> Batch:
-        """The rows ``ids`` of an unloaded (deferred) candidate batch, loaded."""
-        return self.load({**{k: v for k, v in batch.items() if k != "deferred"}, "ids": ids})
+    def _load(self, batch: Batch, rows: np.ndarray) -> Batch:
+        """Rows ``rows`` (positions) of an unloaded (deferred) candidate batch, loaded: every
+        per-row field an earlier method added (e.g. InfoBatch's weights) cut alike."""
+        return self.load(take_rows({k: v for k, v in batch.items() if k != "deferred"}, rows))
 
 
     def _process(self, batch: Batch):
@@ -133,14 +134,17 @@ class SelectiveBackprop(SelectingNode):
         # Fresh epochs score every candidate; stale ones only those never scored (e.g. when
         # the candidate set grew), so every loss used belongs to its own example.
         rows = np.arange(len(ids)) if self.is_fresh(epoch) else np.flatnonzero(np.isnan(losses))
+        load_s = 0.0  # loading of deferred rows: the data phase's time, neither selection's nor the node's
         if len(rows):
-            t0 = time.perf_counter()
             sel = torch.from_numpy(rows)
             if deferred:
-                part = self._load(batch, ids[rows])
+                t0 = time.perf_counter()
+                part = self._load(batch, rows)
                 x, y = part["x"], part["y"]
+                load_s = time.perf_counter() - t0
             else:
                 x, y = (batch["x"], batch["y"]) if len(rows) == len(ids) else (batch["x"][sel], batch["y"][sel])
+            t0 = time.perf_counter()
             fresh = self.scorer(x, y).numpy()
             self._check_finite(fresh, ids[rows], epoch)
             losses[rows] = fresh
@@ -157,10 +161,10 @@ class SelectiveBackprop(SelectingNode):
         c["sb/kept_fraction"] = c["sb/kept"] / c["sb/candidates"]
         if deferred:  # load the kept rows only (loading is the data phase's, not the node's time)
             if not keep.any():
-                return None, scored_s
+                return None, scored_s + load_s
             t0 = time.perf_counter()
-            out = self._load(batch, ids[keep])
-            return out, scored_s + time.perf_counter() - t0
+            out = self._load(batch, np.flatnonzero(keep))
+            return out, scored_s + load_s + time.perf_counter() - t0
         if keep.all():
             return batch, scored_s
         if keep.any():
