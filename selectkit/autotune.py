@@ -246,8 +246,8 @@ def selection_batch_sizes(batch_size: int, num_ids: int) -> List[int]:
     return sorted({min(k * batch_size, max(num_ids, batch_size)) for k in (1, 2, 4)})
 
 
-def tune(probe: Probe, channels_last: Any, prefetch: Any, stack: Sequence[Tuple[Any, Any]],
-         measure: bool = True) -> Dict[str, Dict[str, Any]]:
+def tune(probe: Probe, channels_last: Any, prefetch: Any,
+         stack: Sequence[Tuple[Any, Any]]) -> Dict[str, Dict[str, Any]]:
     """Resolve a run's ``auto`` settings by measuring on ``probe`` (one entry per setting that was
     ``auto``: its ``choice`` and the timings it came from). Settings given explicitly are not
     measured. The torch RNG is left as it was: a run with ``auto`` trains exactly like one given
