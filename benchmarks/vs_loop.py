@@ -73,7 +73,8 @@ def method_cfg(method: str, seed: int, args) -> dict:
     if STALENESS[method]:
         cfg["methods"] = {"sb": {"beta": args.beta, "window": args.window, "selection_mode": "eval",
                                  "selection_batch_size": args.selection_batch_size,
-                                 "selection_precision": args.precision, "staleness": STALENESS[method]}}
+                                 "selection_precision": args.precision, "selection_fold": args.fold,
+                                 "staleness": STALENESS[method]}}
         cfg["label"] = method
     return cfg
 
@@ -211,7 +212,7 @@ def fmt_s(values):
     return f"{statistics.median(vals):.1f} s"
 
 
-def summarise(runs: list, costs: dict, targets=(1.1, 1.2)) -> tuple:
+def summarise(runs: list, costs: dict, targets=(1.1, 1.2), folded_costs: dict | None = None) -> tuple:
     base = statistics.mean(r["final_test_error"] for r in runs if r["method"] == "traditional")
     out, lines = {"baseline_error": base, "rows": []}, []
     lines.append(f"Targets: {' / '.join(f'{t}x' for t in targets)} of Traditional's mean final error over both "
@@ -233,7 +234,9 @@ def summarise(runs: list, costs: dict, targets=(1.1, 1.2)) -> tuple:
                 mod = []
                 for r in rs:
                     hit = next((x for x in r["curve"] if x["test_error"] <= t * base), None)
-                    mod.append(modelled_seconds(hit, costs) if hit else None)
+                    # selectkit's runs whose selection ran BatchNorm-folded: modelled with that forward
+                    c = folded_costs if folded_costs and r.get("selection", {}).get("fold") else costs
+                    mod.append(modelled_seconds(hit, c) if hit else None)
                 row[f"time_to_{t}"], row[f"modelled_to_{t}"] = tt, mod
                 med = statistics.median([v for v in tt if v is not None]) if any(v is not None for v in tt) else None
                 mmed = statistics.median([v for v in mod if v is not None]) if any(v is not None for v in mod) else None
@@ -276,6 +279,7 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=2.0)
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--precision", default="auto", help="selectkit's selection_precision (the loop: fp32)")
+    ap.add_argument("--fold", default="auto", help="selectkit's selection_fold: true | false | auto (the loop: live)")
     ap.add_argument("--channels-last", default="auto", help="selectkit's channels_last: true | false | auto")
     ap.add_argument("--selection-batch-size", default="auto", help="selectkit's SB selection_batch_size (or auto)")
     ap.add_argument("--prefetch", default="auto", help="selectkit's input.prefetch (or auto)")
@@ -283,6 +287,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/vs_loop")
     args = ap.parse_args()
     args.channels_last = {"true": True, "false": False}.get(args.channels_last, args.channels_last)
+    args.fold = {"true": True, "false": False}.get(args.fold, args.fold)
     if args.selection_batch_size != "auto":
         args.selection_batch_size = int(args.selection_batch_size)
     if args.prefetch != "auto":
@@ -318,15 +323,22 @@ def main() -> None:
                   flush=True)
     costs = measure_costs(ModelConfig("cnn", {"channels": [32, 64]}), "image_classification", {"shape": [1, 28, 28]},
                           10, 128, 128, reps=60)
-    summary, table = summarise(runs, costs)
+    folded = measure_costs(ModelConfig("cnn", {"channels": [32, 64]}), "image_classification", {"shape": [1, 28, 28]},
+                           10, 128, 128, reps=60, selection_fold=True)
+    # the same train step for both (measured once): only the selection forward differs
+    folded["train_per_example_s"] = costs["train_per_example_s"]
+    folded["ratio"] = costs["train_per_example_s"] / folded["forward_per_example_s"]
+    summary, table = summarise(runs, costs, folded_costs=folded)
     head = (f"CPU: {cpu_name()}, torch {torch.__version__}, {args.threads} threads; seeds {args.seeds}; "
             f"per-example costs measured here: train step {1e6 * costs['train_per_example_s']:.1f} µs, "
-            f"fp32 selection forward {1e6 * costs['forward_per_example_s']:.1f} µs (r = {costs['ratio']:.2f})\n\n")
+            f"fp32 selection forward {1e6 * costs['forward_per_example_s']:.1f} µs (r = {costs['ratio']:.2f}), "
+            f"BatchNorm-folded {1e6 * folded['forward_per_example_s']:.1f} µs "
+            f"(r = {folded['train_per_example_s'] / folded['forward_per_example_s']:.2f})\n\n")
     print("\n" + head + table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"cpu": cpu_name(), "torch": torch.__version__, "args": vars(args),
-                                                    "costs": costs, "summary": summary, "runs": runs}, indent=1))
+                                                    "costs": costs, "folded_costs": folded, "summary": summary, "runs": runs}, indent=1))
     out.with_suffix(".md").write_text(head + table)
 
 

@@ -22,10 +22,11 @@ from selectkit.tasks import task_class
 def measure_costs(model: ModelConfig, task: str, spec: Dict[str, Any], num_classes: int, batch: int,
                   selection_batch: int, *, reps: int = 20, channels_last: bool = True,
                   selection_mode: str = "eval", selection_precision: str = "fp32",
-                  device: str = "cpu") -> Dict[str, Any]:
+                  selection_fold: bool = False, device: str = "cpu") -> Dict[str, Any]:
     """Median seconds of one train step (at ``batch``) and one no-graph forward (at
-    ``selection_batch``, in ``selection_mode``), measured interleaved rep by rep, on random
-    inputs shaped by the task (``task``: a registered task name; ``spec``: its spec_dict).
+    ``selection_batch``, in ``selection_mode``, BatchNorm-folded with ``selection_fold`` where the
+    model folds), measured interleaved rep by rep, on random inputs shaped by the task (``task``:
+    a registered task name; ``spec``: its spec_dict).
 
     Returns:
         dict with ``train_step_s``, ``forward_s``, their per-example values and ``ratio``
@@ -52,11 +53,17 @@ def measure_costs(model: ModelConfig, task: str, spec: Dict[str, Any], num_class
         loss.backward()
         opt.step()
 
+    view = None
+    if selection_fold and selection_mode == "eval":
+        from selectkit.fold import FoldedView
+
+        view, _ = FoldedView.build(net)  # None where the model cannot be folded (runs live too)
+
     def forward():
         net.train(selection_mode == "train")
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
                                                     enabled=selection_precision == "bf16"):
-            F.cross_entropy(cls.forward(net, xs).float(), ys, reduction="none").cpu()
+            F.cross_entropy(cls.forward(net if view is None else view, xs).float(), ys, reduction="none").cpu()
         net.train()
 
     for _ in range(3):

@@ -23,6 +23,7 @@ import torch
 
 from selectkit.autotune import wants_tuning
 from selectkit.graph import build_input_graph, candidate_ids
+from selectkit.fold import check_foldable
 from selectkit.handle import ModelHandle
 from selectkit.methods import parse_stack, stack_of
 from selectkit.tasks.dataset import DatasetTask
@@ -66,6 +67,7 @@ class SelectiveLoader:
         if model is not None:
             dev = torch.device(device) if device is not None else next(model.parameters()).device
             handle = ModelHandle(model, self.task, dev)
+            check_foldable(model, stack)
         elif any(m.name == "sb" for m, _ in stack):
             raise ValueError("Selective-Backprop scores candidates with your model: pass model=")
         if world_size > 1 and wants_tuning(False, 0, stack):

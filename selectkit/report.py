@@ -115,12 +115,14 @@ def attach_costs(runs: List[Dict[str, Any]], reps: int = 20) -> Dict[str, Dict[s
     for r in runs:
         sel = r["selection"]
         train_key = json.dumps([r["model"], r["task"], r["spec"], r["batch_size"], r["channels_last"]], sort_keys=True)
+        # what the selection forwards ran as (not the timings "auto" measured them by)
+        sel = {k: sel.get(k, False) for k in ("batch_size", "mode", "precision", "fold")}
         key = json.dumps([r["model"], r["task"], r["spec"], r["batch_size"], r["channels_last"], sel], sort_keys=True)
         if key not in measured:
             measured[key] = measure_costs(ModelConfig(r["model"]["name"], r["model"]["args"]), r["task"], r["spec"],
                                           r["num_classes"], r["batch_size"], sel["batch_size"], reps=reps,
                                           channels_last=r["channels_last"], selection_mode=sel["mode"],
-                                          selection_precision=sel["precision"])
+                                          selection_precision=sel["precision"], selection_fold=bool(sel["fold"]))
             measured[key]["train_key"] = train_key
         keys.append((train_key, key))
     # One train-step cost per model and batch (the median of its measurements), so that the

@@ -38,6 +38,7 @@ from selectkit.config import TrainConfig, to_dict
 from selectkit.graph import build_input_graph, candidate_ids
 from selectkit.handle import ModelHandle
 from selectkit.machine import cpu_name, device_name
+from selectkit.fold import check_foldable
 from selectkit.models import make_model, model_signature
 from selectkit.optim import lr_at, make_optimizer
 from selectkit.store import Store
@@ -121,6 +122,7 @@ class Trainer:
                              group_by_length=cfg.input.group_by_length)
         torch.manual_seed(cfg.seed)
         self.model = self.task.prepare_model(make_model(cfg.model, self.task), self.device)
+        check_foldable(self.model, cfg.stack)
         self.ids = ids if ids is not None else candidate_ids(self.task, cfg.input.subset, cfg.input.split)
         if self.device.type == "cuda" and cfg.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -701,6 +703,11 @@ class Trainer:
         if selection.get("precision") == "auto":  # what the measurement chose (modelled costs use it)
             choice = self.handle.choice or {"precision": "fp32"}  # none made: no selection forward ran
             selection = {**selection, "precision": choice["precision"], "auto": dict(choice)}
+        if "fold" in selection:  # what ran: folded or live (modelled costs use it)
+            fold = self.handle.fold  # None: no selection forward ran
+            folded = bool(fold["folded"]) if fold is not None else (selection["fold"] is True
+                                                                    and selection["mode"] == "eval")
+            selection = {**selection, "fold": folded, **({"fold_auto": dict(fold)} if fold is not None else {})}
         return {
             "label": self.cfg.label, "methods": to_dict(self.cfg)["methods"], "seed": self.cfg.seed,
             "final_test_error": last["test_error"], "final_test_loss": last["test_loss"],

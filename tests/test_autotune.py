@@ -37,7 +37,7 @@ def _fake_timings(monkeypatch, fp32_ms, bf16_ms):
 def test_a_run_with_auto_records_what_it_chose_and_resumes_with_it(monkeypatch, tmp_path, digits_store,
                                                                    fp32_ms, bf16_ms, want):
     seen = _fake_timings(monkeypatch, fp32_ms, bf16_ms)
-    sb = {"sb": {"beta": 1.0, "selection_batch_size": 64, "selection_precision": "auto"}}
+    sb = {"sb": {"beta": 1.0, "selection_batch_size": 64, "selection_precision": "auto", "selection_fold": False}}
     cfg = tiny_train_cfg(epochs=2, methods=sb, checkpoint_every=5)
     t = Trainer(digits_store, cfg, checkpoint_path=tmp_path / "ck.pt")
     m = t.fit().metrics
@@ -57,7 +57,7 @@ def test_auto_scores_like_the_precision_it_chose(monkeypatch, digits_store):
     runs = []
     for precision in ("auto", "fp32"):
         cfg = tiny_train_cfg(epochs=2, methods={"sb": {"beta": 1.0, "selection_batch_size": 64,
-                                                        "selection_precision": precision}})
+                                                        "selection_precision": precision, "selection_fold": False}})
         t = Trainer(digits_store, cfg)
         t.fit()
         runs.append(torch.cat([p.detach().flatten() for p in t.model.parameters()]).numpy())

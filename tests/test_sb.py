@@ -252,8 +252,10 @@ def test_sb_training_run_accounting(digits_store):
     c = r.metrics["counters"]
     assert r.metrics["label"] == "sb" and r.metrics["methods"]["sb"]["staleness"] == 3
     # the default precision is auto: measured (equal timings here: tests/conftest.py), fp32 kept
+    # and the default selection_fold is auto: the tiny CNN folds, equal timings prefer the fold
     assert r.metrics["selection"] == {"batch_size": 128, "mode": "eval", "precision": "fp32",
-                                      "auto": {"precision": "fp32", "fp32_ms": 1.0, "bf16_ms": 1.0}}
+                                      "auto": {"precision": "fp32", "fp32_ms": 1.0, "bf16_ms": 1.0},
+                                      "fold": True, "fold_auto": {"folded": True, "live_ms": 1.0, "folded_ms": 1.0}}
     assert c["sb/candidates"] == 4 * n
     assert c["sb/selection_forwarded"] == 2 * n  # epochs 0 and 3 are fresh
     assert r.metrics["examples_backpropagated"] == c["sb/kept"] < 0.6 * 4 * n

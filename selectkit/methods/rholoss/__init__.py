@@ -20,7 +20,8 @@ def build(node, ctx, cfg: RhoLossConfig):
                          "(selectkit.SelectiveLoader(..., model=model))")
     irreducible, prov = load_irreducible(cfg.irreducible, ctx.task)
     handle = ctx.model
-    node = RhoLoss(node, lambda x, y: handle.losses(x, y, cfg.selection_mode, cfg.selection_precision),
+    node = RhoLoss(node, lambda x, y: handle.losses(x, y, cfg.selection_mode, cfg.selection_precision,
+                                                    cfg.selection_fold),
                    irreducible, ctx.task.fingerprint, irreducible_id=prov["loss_sha256"], fraction=cfg.fraction,
                    rule=cfg.rule, temperature=cfg.temperature, warmup_epochs=cfg.warmup_epochs, seed=ctx.rank_seed)
     return Rebatch(node, ctx.batch_size)
@@ -61,7 +62,7 @@ METHOD = Method(
     passed="rho/kept",
     counters=("rho/candidates", "rho/kept", "rho/selection_forwarded", "rho/kept_fraction"),
     selection=lambda cfg: {"batch_size": cfg.selection_batch_size, "mode": cfg.selection_mode,
-                           "precision": cfg.selection_precision},
+                           "precision": cfg.selection_precision, "fold": cfg.selection_fold},
     upstream_s=_upstream_s,
     report=ReportSection(summarise=summarise, markdown=markdown),
     example={"irreducible": "data/irreducible", "fraction": 0.25, "selection_batch_size": 64},

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from selectkit.methods.sb.config import check_fold
 from selectkit.validation import check as _check, choice as _choice
 
 S = "train.methods.rholoss"
@@ -27,6 +29,7 @@ class RhoLossConfig:
     warmup_epochs: int = 0  # epochs of Traditional training before selection starts
     selection_mode: str = "eval"  # eval | train: the model's mode during selection forwards
     selection_precision: str = "auto"  # fp32 | bf16 (autocast) | auto (measured), as for Selective-Backprop
+    selection_fold: Any = "auto"  # true | false | auto: BatchNorm folded for selection, as for Selective-Backprop
 
     def __post_init__(self) -> None:
         _check(bool(self.irreducible), f"{S}.irreducible", self.irreducible,
@@ -42,6 +45,7 @@ class RhoLossConfig:
         _check(self.warmup_epochs >= 0, f"{S}.warmup_epochs", self.warmup_epochs, ">= 0")
         _choice(f"{S}.selection_mode", self.selection_mode, ["eval", "train"])
         _choice(f"{S}.selection_precision", self.selection_precision, ["fp32", "bf16", "auto"])
+        check_fold(S, self.selection_fold, self.selection_mode)
 
 
 def check_run(cfg: RhoLossConfig, train) -> None:

@@ -20,7 +20,7 @@ def build(node, ctx, cfg: SBConfig):
                          "with a model (selectkit.SelectiveLoader(..., model=model))")
     handle = ctx.model
     node = SelectiveBackprop(
-        node, lambda x, y: handle.losses(x, y, cfg.selection_mode, cfg.selection_precision), ctx.loss_table,
+        node, lambda x, y: handle.losses(x, y, cfg.selection_mode, cfg.selection_precision, cfg.selection_fold), ctx.loss_table,
         ctx.task.fingerprint, beta=cfg.beta, window=cfg.window, floor=cfg.floor,
         warmup_epochs=cfg.warmup_epochs, staleness=cfg.staleness, seed=ctx.rank_seed)
     node.channel = ctx.channel("sb/window", node.window.push)
@@ -46,7 +46,7 @@ METHOD = Method(
     passed="sb/kept",
     counters=("sb/candidates", "sb/kept", "sb/selection_forwarded", "sb/kept_fraction"),
     selection=lambda cfg: {"batch_size": cfg.selection_batch_size, "mode": cfg.selection_mode,
-                           "precision": cfg.selection_precision},
+                           "precision": cfg.selection_precision, "fold": cfg.selection_fold},
     tune_selection_batch=lambda cfg, n: replace(cfg, selection_batch_size=n),
     report=ReportSection(summarise=summarise, markdown=markdown),
     example={"beta": 1.0, "window": 64, "selection_batch_size": 64},

@@ -24,6 +24,11 @@ class SBConfig:
     # it halves their cost, elsewhere it may be slower); auto measures both on the first batch
     # and keeps the faster (selectkit/autotune.py; the choice is in run.json and MLflow)
     selection_precision: str = "auto"
+    # true | false | auto: selection forwards (eval mode) through a view of the model with each
+    # BatchNorm folded into the convolution before it (selectkit/fold.py: the same function up
+    # to float rounding, fewer passes over the activations); auto folds unless the live model
+    # measures clearly faster on the first batch, and runs live where the model cannot be folded
+    selection_fold: Any = "auto"
     staleness: int = 1  # 1 = SB; n > 1 = Stale-SB: selection forwards every n-th epoch only
 
     def __post_init__(self) -> None:
@@ -38,6 +43,15 @@ class SBConfig:
         _check(self.staleness >= 1, "train.methods.sb.staleness", self.staleness, ">= 1 (1 is plain SB)")
         _choice("train.methods.sb.selection_mode", self.selection_mode, ["eval", "train"])
         _choice("train.methods.sb.selection_precision", self.selection_precision, ["fp32", "bf16", "auto"])
+        check_fold("train.methods.sb", self.selection_fold, self.selection_mode)
+
+
+def check_fold(section: str, fold: Any, mode: str) -> None:
+    """``selection_fold``: true, false or auto; true only where BatchNorm uses running statistics."""
+    _check(isinstance(fold, bool) or fold == "auto", f"{section}.selection_fold", fold, "true, false or auto")
+    _check(not (fold is True and mode == "train"), f"{section}.selection_fold", fold,
+           f"false or auto with {section}.selection_mode: train (BatchNorm normalises with the batch's "
+           f"statistics there, which cannot be folded into the weights)")
 
 
 def check_run(cfg: SBConfig, train) -> None:
