@@ -113,7 +113,8 @@ def test_a_signal_on_one_rank_checkpoints_every_rank_and_resume_is_exact(ran):
 
 
 def test_resuming_with_another_number_of_processes_names_both(ran, digits_store):
-    cfg = tiny_train_cfg(epochs=2, methods={"sb": {"beta": 1.0, "selection_batch_size": 64, "staleness": 2}},
+    cfg = tiny_train_cfg(epochs=2, methods={"sb": {"beta": 1.0, "selection_batch_size": 64, "staleness": 2,
+                                                   "selection_fold": False}},
                          input={"batch_size": 32, "prefetch": 2}, eval_every=4, dist_timeout_s=60.0)
     with pytest.raises(UsageError, match=r"written by 2 training process\(es\) but this run has 1.*--resume never"):
         Trainer(digits_store, cfg, checkpoint_path=ran / "ck.pt").fit(resume=ran / "ck.pt")

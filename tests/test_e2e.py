@@ -461,8 +461,9 @@ data:
   vocab_size: 200
   min_frequency: 1
   max_length: 16
+  holdout_fraction: 0.1
 seeds: [0]
-methods: [traditional, sb, autoassist, svp-50]
+methods: [traditional, sb, autoassist, rholoss, svp-50]
 kinds: [svp]
 fractions: [0.5]
 train:
@@ -479,8 +480,11 @@ method:
   traditional: {{methods: {{}}}}
   sb: {{methods: {{sb: {{beta: 2.0, selection_batch_size: 32}}}}}}
   autoassist: {{methods: {{autoassist: {{features: data/features, accuracy_ema: 0.2}}}}}}
+  rholoss: {{methods: {{rholoss: {{irreducible: data/irreducible, fraction: 0.5, selection_batch_size: 64}}}}}}
   svp-50: {{input: {{subset: data/subsets/svp-0.5}}, label: svp-0.5}}
   proxy: {{model: {{name: fasttext, args: {{dim: 8, buckets: 64}}}}, epochs: 1, label: proxy}}
+  irreducible: {{model: {{name: fasttext, args: {{dim: 8, buckets: 64}}}}, input: {{split: holdout}}, epochs: 1,
+                label: irreducible-loss-model}}
 score: {{batch_size: 100}}
 choose: {{metric: entropy, rule: single}}
 tracking:
@@ -493,10 +497,11 @@ report:
 """
 
 
-def test_text_pipeline_runs_svp_sb_and_autoassist(repo):
-    """The text pipeline's dvc.yaml on the tests' own tiny texts (JSON Lines): tokenise, TF-IDF
-    features, a fastText proxy -> scores -> an SVP subset, and a 1-D CNN target under Traditional,
-    SB, AutoAssist and on the subset; then the report (kept small: the suite's time budget; the
+def test_text_pipeline_runs_svp_sb_autoassist_and_rholoss(repo):
+    """The text pipeline's dvc.yaml on the tests' own tiny texts (JSON Lines): tokenise (with a
+    holdout), TF-IDF features, a fastText proxy -> scores -> an SVP subset, a fastText
+    irreducible-loss model on the holdout -> its scores, and a 1-D CNN target under Traditional,
+    SB, AutoAssist, RHO-LOSS and on the subset; then the report (kept small: the suite's time budget; the
     random baseline's comparison is tested in test_svp.py)."""
     from conftest import text_rows
 
@@ -508,20 +513,28 @@ def test_text_pipeline_runs_svp_sb_and_autoassist(repo):
     (p / "texts.jsonl").write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in text_rows(300)))
     sh(d, "dvc", "repro", "pipelines/text-wordnet/dvc.yaml")
     meta = json.loads((p / "data/store/meta.json").read_text())
-    n = meta["splits"]["train"]["size"]
-    assert meta["task"] == "text_classification" and n == 240
+    assert meta["task"] == "text_classification" and meta["splits"]["train"]["size"] == 240
+    held = np.load(p / "data/store/holdout_ids.npy")
+    n = 240 - len(held)  # what every method trains on
+    assert meta["holdout"]["size"] == len(held) > 0
     feats = json.loads((p / "data/features/features.json").read_text())
-    assert feats["kind"] == "tf-idf" and feats["rows"] == n
+    assert feats["kind"] == "tf-idf" and feats["rows"] == 240
     trad = json.loads((p / "runs/traditional-0/run.json").read_text())
     assert trad["examples_backpropagated"] == 2 * n and trad["final_test_error"] < 0.6 and trad["task"] == meta["task"]
     sb = json.loads((p / "runs/sb-0/run.json").read_text())["counters"]
     assert sb["sb/candidates"] == sb["sb/selection_forwarded"] == 2 * n and sb["sb/kept"] < 2 * n
     aa = json.loads((p / "runs/autoassist-0/run.json").read_text())["counters"]
     assert aa["aa/candidates"] == 2 * n and aa["aa/updates"] > 0
+    il = json.loads((p / "runs/irreducible/run.json").read_text())
+    assert il["examples_backpropagated"] == len(held)
+    rho = json.loads((p / "runs/rholoss-0/run.json").read_text())
+    assert rho["counters"]["rho/candidates"] == 2 * n and rho["examples_backpropagated"] == rho["counters"]["rho/kept"] < 2 * n
+    assert rho["upstream_s"] > il["train_s"] > 0
     ids = np.load(p / "data/subsets/svp-0.5/ids.npy")
     m = json.loads((p / "runs/svp-50-0/run.json").read_text())
-    assert len(ids) == n // 2 and m["examples_backpropagated"] == 2 * len(ids) and m["label"] == "svp-0.5"
+    assert len(ids) == round(0.5 * n) and not np.isin(ids, held).any()
+    assert m["examples_backpropagated"] == 2 * len(ids) and m["label"] == "svp-0.5"
     summary = json.loads((p / "report/summary.json").read_text())
-    assert set(summary["methods"]) == {"traditional", "sb", "autoassist", "svp-0.5"}
+    assert set(summary["methods"]) == {"traditional", "sb", "autoassist", "rholoss", "svp-0.5"}
     assert -1 <= summary["svp"]["spearman_with_target"]["runs/proxy"] <= 1
     assert summary["costs"] and "Spearman" in (p / "report/summary.md").read_text()
