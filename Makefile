@@ -24,8 +24,9 @@ pipeline: env data
 online: env data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro pipelines/online-fashion-mnist/dvc.yaml
 
-# Traditional, SVP (fastText proxy, two fractions and random baselines), SB, Stale-SB and
-# AutoAssist (TF-IDF gate) with a Transformer on WordNet supersenses (3 seeds each).
+# Traditional, SVP (fastText proxy, two fractions and random baselines), SB, Stale-SB, AutoAssist
+# (TF-IDF gate), InfoBatch and RHO-LOSS (fastText irreducible-loss model on a 10 % holdout) with a
+# 1-D CNN on WordNet supersenses (3 seeds each, about 30 minutes).
 text: env data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro pipelines/text-wordnet/dvc.yaml
 
