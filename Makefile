@@ -36,11 +36,8 @@ check: env
 	$(BIN)/python stages/check.py
 	for p in pipelines/*/; do (cd $$p && $(abspath $(BIN))/python ../../stages/check.py) || exit 1; done
 
-# Two pytest-xdist workers: the end-to-end tests are mostly single-threaded subprocesses, so
-# two of them share the 2 cores well (about 9 minutes instead of 17 on a 2-core EPYC). A module
-# fixture is built by each worker that runs a test of its module. `pytest` alone runs serially.
 test: env data
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest
 
 env: $(STAMP)
 
