@@ -37,6 +37,14 @@ def choice(key: str, value: Any, choices: List[str]) -> None:
     check(value in choices, key, value, f"one of {choices}")
 
 
+def check_fold(section: str, fold: Any, mode: str) -> None:
+    """``selection_fold``: true, false or auto; true only where BatchNorm uses running statistics."""
+    check(isinstance(fold, bool) or fold == "auto", f"{section}.selection_fold", fold, "true, false or auto")
+    check(not (fold is True and mode == "train"), f"{section}.selection_fold", fold,
+          f"false or auto with {section}.selection_mode: train (BatchNorm normalises with the batch's "
+          f"statistics there, which cannot be folded into the weights)")
+
+
 def from_dict(cls: Type[C], values: Optional[Dict[str, Any]], section: str = "") -> C:
     """Validate a plain mapping against a config dataclass.
 

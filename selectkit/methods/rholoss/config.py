@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from selectkit.methods.sb.config import check_fold
-from selectkit.validation import check as _check, choice as _choice
+from selectkit.validation import check as _check, check_fold, choice as _choice
 
 S = "train.methods.rholoss"
 

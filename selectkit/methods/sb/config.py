@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from selectkit.validation import check as _check, choice as _choice
+from selectkit.validation import check as _check, check_fold, choice as _choice
 
 
 @dataclass
@@ -44,14 +44,6 @@ class SBConfig:
         _choice("train.methods.sb.selection_mode", self.selection_mode, ["eval", "train"])
         _choice("train.methods.sb.selection_precision", self.selection_precision, ["fp32", "bf16", "auto"])
         check_fold("train.methods.sb", self.selection_fold, self.selection_mode)
-
-
-def check_fold(section: str, fold: Any, mode: str) -> None:
-    """``selection_fold``: true, false or auto; true only where BatchNorm uses running statistics."""
-    _check(isinstance(fold, bool) or fold == "auto", f"{section}.selection_fold", fold, "true, false or auto")
-    _check(not (fold is True and mode == "train"), f"{section}.selection_fold", fold,
-           f"false or auto with {section}.selection_mode: train (BatchNorm normalises with the batch's "
-           f"statistics there, which cannot be folded into the weights)")
 
 
 def check_run(cfg: SBConfig, train) -> None:
