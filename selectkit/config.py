@@ -241,6 +241,9 @@ MOVED_TRAIN_KEYS = {
 class TrackingConfig:
     """MLflow tracking (params.yaml section `tracking`)."""
 
+    # false: no MLflow at all (not imported, no store, no run; about 5 s less per stage on 2
+    # cores); the DVC metrics and plots files (metrics.json, run.json, curve.csv) are written.
+    enabled: bool = True
     # Tracking URI; null uses $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db next to params.yaml.
     uri: Optional[str] = None
     experiment: str = "selectkit"

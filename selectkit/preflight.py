@@ -94,7 +94,7 @@ def _sqlite_problem(uri: str) -> Optional[str]:
 
 
 def check_tracking(cfg: TrackingConfig, timeout: float = 5.0) -> str:
-    """The tracking URI (see ``resolve_uri``), once checked usable.
+    """The tracking URI (see ``resolve_uri``), once checked usable ("" with tracking disabled).
 
     An http(s) server gets one request with ``timeout`` seconds and no retries; a SQLite store's
     directory must exist and be writable. Other schemes are returned unchecked.
@@ -103,6 +103,8 @@ def check_tracking(cfg: TrackingConfig, timeout: float = 5.0) -> str:
         ConfigError: naming the URI, where it came from (params' ``tracking.uri``, the
             ``MLFLOW_TRACKING_URI`` environment variable or the default) and the fix.
     """
+    if not cfg.enabled:
+        return ""  # tracking.enabled: false: no store to check
     uri = resolve_uri(cfg)
     scheme = uri.split(":", 1)[0].lower()
     if scheme in ("http", "https"):

@@ -101,12 +101,17 @@ class Tracker:
         self._ops: List[Any] = []
         self._floor: Dict[str, int] = {}  # on a reopened run: last stored step of each metric
 
+    def _on(self) -> bool:
+        """Whether this process tracks: the main process, with ``tracking.enabled``."""
+        return self.cfg.enabled and is_main_process()
+
     @contextmanager
     def run(self, params: Dict[str, Any], tags: Optional[Dict[str, str]] = None,
             resume_run_id: Optional[str] = None) -> Iterator["Tracker"]:
         """Open the MLflow run; an escaping exception ends it FAILED (KILLED on Ctrl-C/SIGTERM)
         with the traceback attached as ``error/traceback.txt`` and the ``error`` tag. On
-        processes other than the main one nothing is tracked (every call is a no-op).
+        processes other than the main one, and with ``tracking.enabled: false``, nothing is
+        tracked (every call is a no-op; ``finish`` still writes the DVC files).
 
         The store is checked first (``check_tracking``), so a dead server fails within seconds.
 
@@ -120,7 +125,7 @@ class Tracker:
                 ``selectkit.resumed`` counts the resumptions. Otherwise a new run starts,
                 tagged ``selectkit.resumed_from``.
         """
-        if not is_main_process():
+        if not self._on():
             yield self
             return
         import mlflow
@@ -217,7 +222,7 @@ class Tracker:
     def log(self, metrics: Dict[str, float], step: int, timestamp_ms: Optional[int] = None) -> None:
         """Buffer metric values at ``step`` (sent at the next flush); on a reopened run, values
         at steps the run already holds for that metric are dropped."""
-        if not is_main_process():
+        if not self._on():
             return
         from mlflow.entities import Metric
 
@@ -263,10 +268,12 @@ class Tracker:
             MLflow's ``ModelInfo`` (``.model_uri`` loads it), or None when no run of this
             tracker is open (and on processes other than the main one).
         """
+        if self.run_id is None:
+            return None
         import mlflow
 
         active = mlflow.active_run()
-        if self.run_id is None or active is None or active.info.run_id != self.run_id:
+        if active is None or active.info.run_id != self.run_id:
             return None
         import copy
 
@@ -300,12 +307,12 @@ class Tracker:
     def finish(self, metrics: Dict[str, Any], metrics_path: Optional[str | Path] = None,
                curve: Optional[Sequence[Dict[str, Any]]] = None, curve_path: Optional[str | Path] = None) -> None:
         """Record final figures in MLflow (as summary metrics) and the DVC metrics/plots files."""
-        import mlflow
-
         numeric = {k: float(v) for k, v in flatten(metrics).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.flush(wait=True)
         if numeric and self.run_id is not None:
+            import mlflow
+
             mlflow.log_metrics({f"final/{k}": v for k, v in numeric.items()})
         if metrics_path is not None:
             atomic_write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -325,3 +325,19 @@ def test_log_model_pickles_what_torch_export_cannot_trace_and_is_a_noop_outside_
     x = torch.randn(5, 3)
     with torch.no_grad():
         assert torch.allclose(mlflow.pytorch.load_model(info.model_uri)(x), model(x))
+
+
+def test_disabled_tracking_opens_no_store_and_still_writes_the_dvc_files(digits_store, tmp_path):
+    from selectkit.preflight import check_tracking
+
+    dead = TrackingConfig(enabled=False, uri="http://127.0.0.1:9")  # never asked: nothing to check
+    assert check_tracking(dead) == ""
+    db = tmp_path / "mlflow.db"
+    tracker = Tracker(TrackingConfig(enabled=False, uri=f"sqlite:///{db}"), stage="train")
+    with tracker.run({"train": {"epochs": 1}}) as t:
+        r = Trainer(digits_store, tiny_train_cfg(epochs=1), tracker=t).fit()
+        assert t.log_model(r.model) is None
+        t.finish(r.metrics, metrics_path=tmp_path / "metrics.json", curve=r.curve, curve_path=tmp_path / "curve.csv")
+    assert tracker.run_id is None and not t._pending and not db.exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["final_test_error"] == r.metrics["final_test_error"]
+    assert (tmp_path / "curve.csv").read_text().startswith("step,")
