@@ -38,8 +38,11 @@ check: env
 	$(BIN)/python stages/check.py
 	for p in pipelines/*/; do (cd $$p && $(abspath $(BIN))/python ../../stages/check.py) || exit 1; done
 
+# Two pytest-xdist workers, as CI runs it: the end-to-end tests are mostly stage subprocesses
+# (5-12 s each, mostly imports), so two of them share 2 cores well; tests/conftest.py deals the
+# costly tests out evenly between the workers. `pytest` alone runs serially (about twice as long).
 test: env data
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 env: $(STAMP)
 

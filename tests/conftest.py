@@ -9,6 +9,36 @@ import pytest
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Order the suite so `make test`'s pytest-xdist workers (``-n 2 --dist worksteal``) finish
+    together. The end-to-end tests marked ``cost`` take most of the suite's time (each DVC stage
+    they run pays ~10 s of imports); worksteal hands worker j the j-th contiguous share of this
+    list and lets an idle worker steal from the end of another's. So the costly tests are dealt
+    out longest first to the least loaded share (LPT) and put at the front of their share, the
+    rest keep their order behind them, and stealing evens out the cheap tail. A serial run only
+    runs the costly tests first."""
+    k = getattr(config.option, "numprocesses", None)
+    k = k if isinstance(k, int) and k > 1 else 2
+    costly = sorted((it for it in items if it.get_closest_marker("cost")),
+                    key=lambda it: -it.get_closest_marker("cost").args[0])
+    if not costly:
+        return
+    rest = [it for it in items if not it.get_closest_marker("cost")]
+    shares, load = [[] for _ in range(k)], [0.0] * k
+    for it in costly:
+        j = load.index(min(load))
+        shares[j].append(it)
+        load[j] += it.get_closest_marker("cost").args[0]
+    ordered, left = [], len(items)
+    for j, share in enumerate(shares):
+        size = left // (k - j)  # worksteal's split: what is pending, shared evenly by the idle workers
+        take = max(0, size - len(share))
+        share, rest = share + rest[:take], rest[take:]
+        ordered += share
+        left -= len(share)
+    items[:] = ordered + rest
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_env(tmp_path_factory):
     """One SQLite MLflow store for the whole session; DVC without analytics."""

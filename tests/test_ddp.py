@@ -193,6 +193,7 @@ tracking:
 """
 
 
+@pytest.mark.cost(45)
 def test_stages_as_two_processes_a_killed_rank_fails_training_the_rerun_resumes_scores_match_one(tmp_path, digits_store):
     import os
     import subprocess
