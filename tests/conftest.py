@@ -12,7 +12,7 @@ FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 def pytest_collection_modifyitems(config, items):
     """Order the suite so `make test`'s pytest-xdist workers (``-n 2 --dist worksteal``) finish
     together. The end-to-end tests marked ``cost`` take most of the suite's time (each DVC stage
-    they run pays ~10 s of imports); worksteal hands worker j the j-th contiguous share of this
+    they run pays 5-12 s of imports); worksteal hands worker j the j-th contiguous share of this
     list and lets an idle worker steal from the end of another's. So the costly tests are dealt
     out longest first to the least loaded share (LPT) and put at the front of their share, the
     rest keep their order behind them, and stealing evens out the cheap tail. A serial run only
