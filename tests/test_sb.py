@@ -354,3 +354,89 @@ def test_deferred_stale_epochs_cut_every_per_row_field_with_the_rows_kept():
     for b in stale:
         assert np.allclose(np.asarray(b["weight"]), np.asarray(b["ids"], dtype=np.float32) / 1000.0)
         assert len(b["x"]) == len(b["ids"]) == len(b["weight"])
+
+
+def _sb_written_out(trainer, sb_cfg, cfg):
+    """Selective-Backprop / Stale-SB written out in one loop, as the paper's pseudo-code reads,
+    drawing from the streams selectkit documents: each epoch's order from ``default_rng([seed,
+    epoch])``, the keep/skip draws from ``default_rng([seed, 0x5B])``, the weights from
+    ``manual_seed(seed)``. Returns the ids of every training step and the trained model."""
+    import torch.nn.functional as F
+
+    from selectkit.graph import candidate_ids
+    from selectkit.models import make_model
+    from selectkit.optim import lr_at, make_optimizer
+
+    task = trainer.task
+    torch.manual_seed(cfg.seed)
+    model = task.prepare_model(make_model(cfg.model, task), torch.device("cpu"))
+    opt = make_optimizer(model, cfg)
+    ids = candidate_ids(task, None, "train")
+    whole = task.loader()({"ids": np.arange(len(task)), "epoch": 0, "index": 0, "num_batches": 1})
+    x_all, y_all = task.to_device(whole, torch.device("cpu"))
+    rng = np.random.default_rng([cfg.seed, 0x5B])
+    window, pushed = np.zeros(sb_cfg["window"]), 0
+    table = torch.full((len(task),), float("nan"))
+    bs, cand = cfg.input.batch_size, sb_cfg["selection_batch_size"]
+    steps = []
+
+    def train(idx, progress):
+        loss = F.cross_entropy(model(x_all[idx]), y_all[idx], reduction="none")
+        table[idx] = loss.detach()  # training forwards refresh the loss table too
+        steps.append(idx.tolist())
+        opt.zero_grad(set_to_none=True)
+        loss.mean().backward()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(progress, cfg)
+        opt.step()
+
+    model.train()
+    for epoch in range(cfg.epochs):
+        order = torch.from_numpy(ids[np.random.default_rng([cfg.seed, epoch]).permutation(len(ids))])
+        nb = -(-len(order) // cand)
+        pending = []
+        for i in range(nb):
+            idx = order[i * cand:(i + 1) * cand]
+            losses = table[idx].clone()
+            rows = (torch.arange(len(idx)) if epoch % sb_cfg["staleness"] == 0
+                    else torch.nonzero(torch.isnan(losses)).flatten())
+            if len(rows):  # fresh epochs score every candidate, stale ones those never scored
+                model.eval()
+                with torch.no_grad():
+                    fresh = F.cross_entropy(model(x_all[idx[rows]]), y_all[idx[rows]], reduction="none")
+                model.train()
+                losses[rows] = fresh
+                table[idx[rows]] = fresh
+            lv = losses.numpy().astype(np.float64)
+            window[(pushed + np.arange(len(lv))) % len(window)] = lv  # the batch joins the window first
+            pushed += len(lv)
+            ranked = np.sort(window[:min(pushed, len(window))])
+            p = (np.searchsorted(ranked, lv, side="right") / len(ranked)) ** sb_cfg["beta"]
+            pending += idx[torch.from_numpy(rng.random(len(p)) < p)].tolist()
+            progress = (epoch + (i + 1) / nb) / cfg.epochs
+            while len(pending) >= bs:
+                train(torch.tensor(pending[:bs]), progress)
+                del pending[:bs]
+        if pending:  # the epoch's leftover kept rows: one smaller batch
+            train(torch.tensor(pending), progress)
+    return steps, model
+
+
+@pytest.mark.parametrize("selection_batch_size,staleness", [(64, 1), (160, 3)])
+def test_trainer_trains_exactly_as_sb_written_out(digits_store, selection_batch_size, staleness):
+    """The whole path (sampler, loading, node, window, draws, re-batching, loss table, schedule)
+    against the algorithm written out by hand: the same examples in every step and the same
+    weights, bit for bit. (benchmarks/vs_loop.py's hand-written loop follows the same recipe.)"""
+    sb = {"beta": 2.0, "window": 200, "selection_batch_size": selection_batch_size, "selection_precision": "fp32",
+          "selection_fold": False, "staleness": staleness}
+    cfg = tiny_train_cfg(epochs=3, input={"batch_size": 32, "prefetch": 0}, eval_every=0, methods={"sb": sb})
+    trainer = Trainer(digits_store, cfg)
+    seen = []
+    trainer.graph.listeners.append(("test-recorder", lambda ids, losses, step: seen.append(ids.tolist())))
+    trainer.fit()
+    steps, model = _sb_written_out(trainer, sb, cfg)
+    assert 0 < sum(map(len, seen)) < 0.8 * cfg.epochs * len(trainer.ids)  # SB kept a part of the candidates
+    assert seen == steps
+    live = trainer.model.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(live[name], value), name
