@@ -2,32 +2,43 @@
 
 Both sides train the same CNN with the same arithmetic (BENCHMARK.md's reference setting: batch
 128, SGD nesterov 0.9, wd 5e-4, peak lr 0.1, 5 % warm-up then cosine over 10 epochs of
-candidates, no augmentation; SB: beta 2, R 1024, selection forwards in eval mode on candidate
-batches of 128; Stale-SB: the same with selection forwards in every third epoch only, the other
-epochs ranking the losses last recorded for each example). They differ only in how:
+candidates, no augmentation; SB: beta 2, R 1024, selection forwards in eval mode; Stale-SB: the
+same with selection forwards in every third epoch only, the other epochs ranking the losses last
+recorded for each example). They differ only in how:
 
-- loop:      the train split as one normalised in-memory tensor, ``torch.randperm`` order,
-             batches sliced by hand, SB's window, draws and re-batching written inline, a
-             per-example loss table as one tensor; no loader, no tracking, no checkpoints.
+- loop:      the train split as one in-memory tensor (normalised by selectkit's loader), batches
+             sliced by hand, SB's window, draws and re-batching written inline, a per-example
+             loss table as one tensor; no loader, no tracking, no checkpoints. It draws from
+             selectkit's random streams (the epochs' orders, the keep/skip draws, the initial
+             weights), and selects on ``--loop-selection-batch-size`` candidates at a time.
 - selectkit: the Trainer with its input graph (sampler -> loading from the memory-mapped
              store -> prefetch thread -> SB node -> re-batching), MLflow tracking to a fresh
              SQLite store and checkpoints every 500 steps (the online pipeline's settings);
-             ``selection_precision``, ``channels_last``, ``selection_batch_size`` and
-             ``input.prefetch`` as given, by default ``auto`` (measured at the start of each run,
-             in the Trainer's construction: its seconds are printed as ``setup``, outside the
-             training clock of both sides). The loop's arithmetic is channels_last, fp32 selection
-             forwards on batches of 128: where auto chooses otherwise (printed per run), the
-             comparison includes what the library's choice buys.
+             ``selection_precision``, ``selection_fold``, ``channels_last``,
+             ``selection_batch_size`` and ``input.prefetch`` as given, by default ``auto``
+             (measured at the start of each run, in the Trainer's construction: its seconds are
+             printed as ``setup``, outside the training clock of both sides).
 
-Both evaluate the test split every 2 s of training wall-clock (evaluation excluded from the
-clock), so times to a target error have the same resolution. Runs are interleaved: for each seed,
-every method, the two sides in alternating order. The target of every method is 1.1x (and 1.2x)
-Traditional's mean final error over both sides and all seeds, so the two sides' times compare
-directly. Beside each measured time: its *modelled* twin (backpropagated examples times the
-per-example train-step cost plus selection forwards times the per-example forward cost, both
+**Paired** (the way to compare speed): give selectkit the loop's arithmetic, ``--precision fp32
+--fold false``, and the same selection batch on both sides (``--selection-batch-size N
+--loop-selection-batch-size N``, N what ``auto`` picks on the machine: printed per run). Then
+both sides train the same examples in the same steps to the same weights (tests/test_sb.py
+checks this recipe against the Trainer bit for bit), every final error and curve is the same
+on both sides, and every difference in time is speed. With ``auto`` settings that change the
+arithmetic (a folded or bf16 selection forward, another batch) the two sides' draws part
+after a few steps, and their curves differ by seed noise, which near a flat target moves
+times to it by tens of per cent.
+
+Both evaluate the test split every ``--eval-every`` training steps (the same steps on both
+sides; evaluation excluded from the clock; 0: every 2 s of training). Runs are interleaved: for
+each seed, every method, the two sides in alternating order. The target of every method is 1.1x
+(and 1.2x) Traditional's mean final error over both sides and all seeds, so the two sides' times
+compare directly. Beside each measured time: its *modelled* twin (backpropagated examples times
+the per-example train-step cost plus selection forwards times the per-example forward cost, both
 measured interleaved in this process: ``selectkit.costs``), which carries no machine noise.
 
     python benchmarks/vs_loop.py --store pipelines/online-fashion-mnist/data/store --seeds 0 1 2 \
+        --precision fp32 --fold false --selection-batch-size 128 --loop-selection-batch-size 128 \
         --out benchmarks/results/vs_loop
 
 Writes ``<out>.json`` (every curve and figure) and ``<out>.md`` (the tables), and prints the table.
@@ -68,7 +79,8 @@ STALENESS = {"traditional": None, "sb": 1, "stale-sb": 3}
 
 
 def method_cfg(method: str, seed: int, args) -> dict:
-    cfg = {**BASE, "seed": seed, "channels_last": args.channels_last,
+    cfg = {**BASE, "seed": seed, "channels_last": args.channels_last, "eval_every": args.eval_every,
+           "eval_every_s": 0.0 if args.eval_every else BASE["eval_every_s"],
            "input": {**BASE["input"], "prefetch": args.prefetch}}
     if STALENESS[method]:
         cfg["methods"] = {"sb": {"beta": args.beta, "window": args.window, "selection_mode": "eval",
@@ -81,10 +93,11 @@ def method_cfg(method: str, seed: int, args) -> dict:
 
 # --------------------------------------------------------------------------- the hand-written loop
 class Evaluator:
-    """Test error every ``every_s`` seconds of training (the clock stops while it evaluates)."""
+    """Test error every ``every_steps`` training steps, or (0) every ``every_s`` seconds of
+    training (the clock stops while it evaluates)."""
 
-    def __init__(self, x_test, y_test, every_s: float):
-        self.x, self.y, self.every_s = x_test, y_test, every_s
+    def __init__(self, x_test, y_test, every_s: float, every_steps: int = 0):
+        self.x, self.y, self.every_s, self.every_steps = x_test, y_test, every_s, every_steps
         self.train_s, self.last, self.curve = 0.0, 0.0, []
 
     @torch.inference_mode()
@@ -103,7 +116,15 @@ class Evaluator:
 
 
 def loop_run(method: str, seed: int, x_all, y_all, x_test, y_test, cfg_dict: dict, args) -> dict:
-    """The minimal loop: Traditional, or SB / Stale-SB written inline."""
+    """The minimal loop: Traditional, or SB / Stale-SB written inline.
+
+    It draws from selectkit's random streams (each epoch's order from ``default_rng([seed,
+    epoch])``, the keep/skip draws from ``default_rng([seed, 0x5B])``, the weights from
+    ``manual_seed(seed)``) and trains on the same normalised tensors, so with the same arithmetic
+    (fp32, selection forwards live, the same selection batch: ``--fold false --precision fp32
+    --loop-selection-batch-size`` equal to selectkit's) both sides train the same examples in the
+    same order to the same weights, and only their speed differs (tests/test_sb.py checks the
+    same recipe bit for bit against the Trainer)."""
     cfg = train_config(cfg_dict, "train")
     torch.manual_seed(seed)
     model = build_model(cfg.model, ImageSpec((1, 28, 28)), 10).to(memory_format=torch.channels_last)
@@ -111,18 +132,18 @@ def loop_run(method: str, seed: int, x_all, y_all, x_test, y_test, cfg_dict: dic
                           weight_decay=cfg.weight_decay)
     staleness = STALENESS[method]
     n, bs, epochs = len(y_all), cfg.input.batch_size, cfg.epochs
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 0x5B])
     window, wcount = np.zeros(args.window), 0
     table = torch.full((n,), float("nan"))
-    ev = Evaluator(x_test, y_test, cfg.eval_every_s)
-    seen = selected = 0
+    ev = Evaluator(x_test, y_test, cfg.eval_every_s, cfg.eval_every)
+    seen = selected = steps = 0
     sel_s = 0.0
     pending: list = []
     model.train()
 
     def train(idx: torch.Tensor, progress: float) -> None:
-        nonlocal seen
-        x = x_all[idx]
+        nonlocal seen, steps, t0
+        x = x_all[idx].contiguous(memory_format=torch.channels_last)
         loss = F.cross_entropy(model(x), y_all[idx], reduction="none")
         if staleness:
             table[idx] = loss.detach()
@@ -132,14 +153,20 @@ def loop_run(method: str, seed: int, x_all, y_all, x_test, y_test, cfg_dict: dic
             g["lr"] = lr_at(progress, cfg)
         opt.step()
         seen += len(idx)
+        steps += 1
+        if ev.every_steps and steps % ev.every_steps == 0:  # at the steps selectkit's Trainer evaluates
+            ev.train_s += time.perf_counter() - t0
+            ev.point(model, seen, selected)
+            t0 = time.perf_counter()
 
     t0 = time.perf_counter()
+    cs = bs if staleness is None else args.loop_selection_batch_size  # candidates per selection batch
     for epoch in range(epochs):
-        perm = torch.randperm(n)
-        nb = math.ceil(n / bs)
+        perm = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
+        nb = math.ceil(n / cs)
         fresh = staleness is not None and epoch % staleness == 0
         for i in range(nb):
-            idx = perm[i * bs:(i + 1) * bs]
+            idx = perm[i * cs:(i + 1) * cs]
             progress = (epoch + (i + 1) / nb) / epochs
             if staleness is None:
                 train(idx, progress)
@@ -150,7 +177,8 @@ def loop_run(method: str, seed: int, x_all, y_all, x_test, y_test, cfg_dict: dic
                     s0 = time.perf_counter()
                     model.eval()
                     with torch.inference_mode():
-                        fwd = F.cross_entropy(model(x_all[idx[rows]]), y_all[idx[rows]], reduction="none")
+                        xs = x_all[idx[rows]].contiguous(memory_format=torch.channels_last)
+                        fwd = F.cross_entropy(model(xs), y_all[idx[rows]], reduction="none")
                     model.train()
                     losses[rows] = fwd
                     table[idx[rows]] = fwd
@@ -171,7 +199,7 @@ def loop_run(method: str, seed: int, x_all, y_all, x_test, y_test, cfg_dict: dic
                     pending = []
             now = time.perf_counter()
             ev.train_s += now - t0
-            if ev.train_s - ev.last >= ev.every_s:
+            if not ev.every_steps and ev.train_s - ev.last >= ev.every_s:
                 ev.point(model, seen, selected)
             t0 = time.perf_counter()
     ev.point(model, seen, selected)
@@ -283,6 +311,13 @@ def main() -> None:
     ap.add_argument("--channels-last", default="auto", help="selectkit's channels_last: true | false | auto")
     ap.add_argument("--selection-batch-size", default="auto", help="selectkit's SB selection_batch_size (or auto)")
     ap.add_argument("--prefetch", default="auto", help="selectkit's input.prefetch (or auto)")
+    ap.add_argument("--loop-selection-batch-size", type=int, default=128,
+                    help="the loop's SB candidates per selection forward and window push (default 128, the "
+                         "training batch; 512 gives it selectkit's auto choice on CPUs where auto picks 512)")
+    ap.add_argument("--eval-every", type=int, default=50,
+                    help="both sides evaluate every this many training steps, so with the same arithmetic they "
+                         "evaluate the same weights at the same steps and times to a target compare paired "
+                         "(0: every 2 s of training instead)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/vs_loop")
     args = ap.parse_args()
@@ -297,13 +332,12 @@ def main() -> None:
     store = Store(args.store)
     task = task_for(store, channels_last=True, batch_size=128)
     ids = candidate_ids(task, None, "train")  # the train split less the store's holdout, as selectkit trains
-    mean, std = store.meta["mean"][0], store.meta["std"][0]
-
-    def tensor(x):
-        return ((torch.from_numpy(np.asarray(x)).float().div_(255) - mean) / std).reshape(-1, 1, 28, 28) \
-            .contiguous(memory_format=torch.channels_last)
-    x_all, y_all = tensor(np.asarray(store.train.x)[ids]), torch.from_numpy(np.asarray(store.train.y)[ids]).long()
-    x_test, y_test = tensor(store.test.x), torch.from_numpy(np.asarray(store.test.y)).long()
+    # the train split as selectkit's loader normalises it (the same float rounding), one tensor
+    whole = task.loader()({"ids": np.asarray(ids), "epoch": 0, "index": 0, "num_batches": 1})
+    x_all, y_all = whole["x"].contiguous(memory_format=torch.channels_last), whole["y"].long()
+    test = task.eval_batches(1000)  # selectkit's evaluation batches
+    x_test = torch.cat([b["x"] for b in test]).contiguous(memory_format=torch.channels_last)
+    y_test = torch.cat([b["y"] for b in test]).long()
     tmp = tempfile.mkdtemp(prefix="selectkit-vs-loop-")
     runs = []
     for i, (seed, method) in enumerate((s, m) for s in args.seeds for m in args.methods):
