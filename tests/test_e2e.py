@@ -43,7 +43,7 @@ score:
 choose:
   metric: entropy
   rule: single
-svp_kinds: [svp, random]
+svp_kinds: [svp]  # the random baseline runs in the SVP pipeline's test
 svp_fractions: [0.5]
 svp_seeds: [0]
 tracking:
@@ -121,8 +121,8 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
         assert (d / p).is_file(), p
     assert not any((d / p).exists() for p in ("runs", "scores", "subsets", "target_scores", "report"))
     runs = _by_stage(_runs(experiment))
-    # train: Traditional, the proxy, the SVP and random targets; score: the proxy and the all-data target
-    assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 4, "score": 2, "choose": 2, "report": 1}
+    # train: Traditional, the proxy, the SVP target; score: the proxy and the all-data target
+    assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 3, "score": 2, "choose": 1, "report": 1}
     assert all(r.info.status == "FINISHED" for v in runs.values() for r in v)
     train = [r for r in runs["train"] if r.data.tags["dvc.stage"] == "train@0"][0]
     assert train.data.tags["selectkit.pipeline"] == "e2e"
@@ -135,7 +135,7 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     assert sum(p.numel() for p in model.parameters()) > 0
     summary = json.loads((d / "results/report/summary.json").read_text())
     assert summary["methods"]["traditional"]["final_test_error"]["mean"] == pytest.approx(metrics["final_test_error"])
-    assert set(summary["methods"]) == {"traditional", "svp-0.5", "random-0.5"}
+    assert set(summary["methods"]) == {"traditional", "svp-0.5"}
     assert set(summary["svp"]["spearman_with_target"]) == {"results/runs/proxy-small-0", "ensemble (rank sum)"}
     sub = json.loads((d / "results/subsets/svp-0.5/subset.json").read_text())
     assert sub["rule"] == "single" and sub["proxies"][0]["proxy_run"] == "results/runs/proxy-small-0"
@@ -144,18 +144,18 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     shown = sh(d, "dvc", "metrics", "show")
     assert "failed to load" not in shown.stdout + shown.stderr
     table = shown.stdout.splitlines()
-    assert len(table) == 1 + 4 + 3 and max(map(len, table)) < 200, shown.stdout  # 4 runs, 3 method means
+    assert len(table) == 1 + 3 + 2 and max(map(len, table)) < 200, shown.stdout  # 3 runs, 2 method means
     assert "results/report/metrics/svp-0.5.json" in shown.stdout and "costs" not in shown.stdout
     plots = json.loads(sh(d, "dvc", "plots", "show", "--json").stdout)
     assert not plots.get("errors")
     chart = plots["data"]["test error against training wall-clock"][0]["content"]
     assert chart["encoding"]["color"]["field"] == "label"  # one chart, methods overlaid
-    assert {row["label"] for row in chart["data"]["values"]} == {"traditional", "svp-0.5", "random-0.5"}
+    assert {row["label"] for row in chart["data"]["values"]} == {"traditional", "svp-0.5"}
 
     # a second repro does nothing
     sh(d, "dvc", "repro")
     assert "up to date" in sh(d, "dvc", "status").stdout
-    assert len(_runs(experiment)) == 10  # the check stage opens no MLflow run
+    assert len(_runs(experiment)) == 8  # the check stage opens no MLflow run
 
     # an experiment changing the target's learning rate: run for Traditional's training alone here
     # (each stage costs ~10 s of imports), then what the whole experiment would rerun: its other
@@ -166,11 +166,11 @@ def test_dvc_repro_then_exp_run_reruns_only_what_changed(repo):
     out = sh(d, "dvc", "exp", "run", "-S", "train.lr=0.05", "train@0").stdout
     assert sorted(re.findall(r"Running stage '([^']+)'", out)) == ["check", "train@0"], out
     runs = _by_stage(_runs(experiment))
-    assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 5, "score": 2, "choose": 2, "report": 1}
+    assert {k: len(v) for k, v in runs.items()} == {"prepare": 1, "train": 4, "score": 2, "choose": 1, "report": 1}
     assert runs["train"][-1].data.params["train.lr"] == "0.05"
     out = sh(d, "dvc", "repro", "--dry").stdout
     ran = sorted(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == ["report", "score_full", "svp_target@0-random-0.5", "svp_target@0-svp-0.5"], out
+    assert ran == ["report", "score_full", "svp_target@0-svp-0.5"], out
 
 
 @pytest.mark.cost(45)
@@ -189,7 +189,7 @@ def test_failures_under_dvc_repro_lose_nothing(repo):
     (d / "params.yaml").write_text(good.replace("  lr: 0.1\n", "  lr: fast\n"))
     r = sh(d, "dvc", "repro", "train@0", check=False)
     out = r.stdout + r.stderr
-    assert r.returncode != 0 and "train@0, svp_target@0-svp-0.5, svp_target@0-random-0.5: params key 'train.lr'" in out, out
+    assert r.returncode != 0 and "train@0, svp_target@0-svp-0.5: params key 'train.lr'" in out, out
     assert "Running stage 'train@0'" not in out and "Traceback" not in out
     assert {f: (run / f).read_bytes() for f in files} == before
 
