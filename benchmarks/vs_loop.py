@@ -289,6 +289,9 @@ def summarise(runs: list, costs: dict, targets=(1.1, 1.2), folded_costs: dict | 
     lines.append("\n| method | selectkit / loop: medians of each side, time to 1.1x | training time "
                  "| paired per seed: time to 1.1x | paired per seed: training time |")
     lines.append("|---|---|---|---|---|")
+
+    def paired(v):
+        return f"{', '.join(f'{x:.2f}' for x in v)} (median {statistics.median(v):.3f})" if v else "—"
     for method in STALENESS:
         by = {r["side"]: r for r in out["rows"] if r["method"] == method}
         if len(by) < 2:
@@ -307,9 +310,6 @@ def summarise(runs: list, costs: dict, targets=(1.1, 1.2), folded_costs: dict | 
                 if a is not None and b is not None:
                     ratio_t.append(a / b)
                 ratio_tr.append(pair["selectkit"]["train_s"] / pair["loop"]["train_s"])
-
-        def paired(v):
-            return f"{', '.join(f'{x:.2f}' for x in v)} (median {statistics.median(v):.3f})" if v else "—"
         lines.append(f"| {method} | {tt[0] / tt[1]:.3f} | {tr[0] / tr[1]:.3f} | {paired(ratio_t)} | {paired(ratio_tr)} |")
         out.setdefault("paired", {})[method] = {"time_to_1.1": ratio_t, "train_s": ratio_tr}
     return out, "\n".join(lines) + "\n"
